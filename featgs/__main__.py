@@ -1,0 +1,5 @@
+import sys
+
+from featgs.cli import main
+
+sys.exit(main())

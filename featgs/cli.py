@@ -1,0 +1,59 @@
+"""The ``featgs`` command line.
+
+Each command lives in its own module under :mod:`featgs.commands` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the
+parsed arguments and returning an exit code. User errors (:class:`FeatgsError`) become one
+line on stderr and exit code 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from featgs import __version__
+from featgs.errors import FeatgsError
+
+# Imported lazily so that `featgs --help` stays fast and one broken command cannot hide others.
+COMMAND_MODULES = [
+    "featgs.commands.render",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors also exit 2, on one line
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="featgs",
+        description="Distil 2D foundation-model features (SAM, CLIP, labels) into 3D Gaussian Splatting scenes.",
+    )
+    parser.add_argument("--version", action="version", version=f"featgs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except FeatgsError as e:
+        print(f"featgs: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("featgs: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
