@@ -2,8 +2,9 @@
 
 Only the vertex element is returned: Gaussian splats and point clouds (``points3D.ply``) keep
 everything there. Other elements are skipped (and never read when they follow the vertex
-element). Reading and writing go through numpy structured dtypes, so millions of vertices
-cost one buffer copy per property, never a Python loop per vertex.
+element). Binary data goes through numpy structured dtypes, copied between records and
+columns in cache-sized blocks of rows, so millions of vertices never cost a Python loop per
+vertex.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import BinaryIO, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -36,6 +37,16 @@ _FORMATS = {"ascii": None, "binary_little_endian": "<", "binary_big_endian": ">"
 # A header is a few KB; this bound stops a garbage file that happens to start with "ply"
 # from being read line by line to its end.
 _MAX_HEADER_BYTES = 1 << 20
+# Columns are copied to and from interleaved records one cache-sized block of rows at a
+# time: a whole-array copy per column would stream the full buffer through memory once per
+# property (5x slower for 3DGS files, which have 60+ properties).
+_BLOCK_BYTES = 1 << 20
+
+
+def row_blocks(n_rows: int, row_bytes: int) -> Iterator[slice]:
+    """Slices covering ``range(n_rows)`` whose rows span about 1 MiB each."""
+    step = max(1, _BLOCK_BYTES // max(1, row_bytes))
+    return (slice(start, start + step) for start in range(0, n_rows, step))
 
 
 @dataclass(frozen=True)
@@ -167,8 +178,12 @@ def _read_binary(f: BinaryIO, endian: str, before: List[_Element], vertex: _Elem
     if len(data) < nbytes:
         raise FeatgsError(f"{path}: PLY file is truncated: {vertex.count} vertices need {nbytes} bytes of data, found {len(data)}")
     records = np.frombuffer(data, dtype=dtype, count=vertex.count)
-    # astype copies each strided field into its own contiguous native-endian array.
-    return {p.name: records[p.name].astype(p.dtype) for p in vertex.properties}
+    columns = {p.name: np.empty(vertex.count, dtype=p.dtype) for p in vertex.properties}
+    for rows in row_blocks(vertex.count, dtype.itemsize):
+        block = records[rows]
+        for name, column in columns.items():
+            column[rows] = block[name]  # also swaps big-endian bytes to native order
+    return columns
 
 
 def _skip_binary_element(f: BinaryIO, endian: str, element: _Element, path: Path) -> None:
@@ -279,8 +294,10 @@ def write_ply_vertices(
         header.append(f"property {_WRITE_NAMES[code]} {name}")
     header.append("end_header")
     records = np.empty(n, dtype=np.dtype(fields))
-    for name, a in columns.items():
-        records[name] = a
+    for rows in row_blocks(n, records.dtype.itemsize):
+        block = records[rows]
+        for name, a in columns.items():
+            block[name] = a[rows]
     with atomic_open(path, "wb") as f:
         f.write(("\n".join(header) + "\n").encode("ascii"))
         f.write(memoryview(records))  # no extra copy of a possibly large buffer

@@ -27,7 +27,7 @@ from safetensors.torch import save as save_safetensors
 from featgs.atomic import atomic_write_bytes
 from featgs.errors import FeatgsError
 from featgs.gaussians.model import Gaussians, LinearDecoder
-from featgs.plyio import read_ply_vertices, write_ply_vertices
+from featgs.plyio import read_ply_vertices, row_blocks, write_ply_vertices
 
 # f_rest_ counts of SH degrees 0..3: 3 channels x ((degree + 1)^2 - 1) coefficients.
 _REST_COUNT_TO_DEGREE = {0: 0, 9: 1, 24: 2, 45: 3}
@@ -95,10 +95,13 @@ def load_ply(path: str | os.PathLike) -> Gaussians:
         return a.astype(np.float32, copy=False)
 
     def table(names: List[str]) -> torch.Tensor:
-        """[N, len(names)] float32."""
-        if not names:
-            return torch.zeros(n, 0, dtype=torch.float32)
-        return torch.from_numpy(np.stack([column(name) for name in names], axis=1))
+        """[N, len(names)] float32, filled block by block (as the columns came from records)."""
+        columns = [column(name) for name in names]
+        out = np.empty((n, len(names)), dtype=np.float32)
+        for rows in row_blocks(n, out.strides[0]):
+            for j, c in enumerate(columns):
+                out[rows, j] = c[rows]
+        return torch.from_numpy(out)
 
     n = len(column("x"))
     rest = _numbered(props, "f_rest_", path)

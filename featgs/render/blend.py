@@ -31,6 +31,7 @@ MAX_ALPHA = 0.999
 T_STOP = 1e-4
 _SENTINEL_LOG_ALPHA = -100.0  # a padding pair that can never reach the alpha threshold
 _MIN_LOG_ALPHA = -30.0  # far below log(1/255); exp of large negatives is slow on CPUs
+_MIN_TRANSMITTANCE = 1e-30  # far below T_STOP, far above float32's denormals
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ class _Walk:
         om = 1.0 - a
         t0 = self.t_run[rows].unsqueeze(-1)
         t_incl = torch.cumprod(om, dim=-1).mul_(t0)
+        # Long opaque runs underflow to denormals, which slow every later op ~10x; flush them.
+        t_incl = torch.nn.functional.threshold(t_incl, _MIN_TRANSMITTANCE, 0.0)
         keep = t_incl > T_STOP
         t_excl = torch.cat([t0, t_incl[..., :-1]], dim=-1)
         t_new = torch.where(keep, t_incl, self.t_final[rows].unsqueeze(-1)).amin(dim=-1)
