@@ -80,7 +80,9 @@ class LabelsTeacher(Teacher):
         if labels is None:
             raise FeatgsError("the labels teacher needs per-pixel labels, and this view has none")
         if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() != 2:
-            raise FeatgsError(f"labels must be an [H, W] integer map, got {labels.dtype} of shape {tuple(labels.shape)}")
+            raise FeatgsError(
+                f"labels must be an [H, W] integer map, got {labels.dtype} of shape {tuple(labels.shape)}"
+            )
         if tuple(image.shape[:2]) != tuple(labels.shape):
             raise FeatgsError(f"labels of size {tuple(labels.shape)} do not match the image's {tuple(image.shape[:2])}")
         ids, table = self._label_table()
@@ -90,9 +92,7 @@ class LabelsTeacher(Teacher):
         unnamed = ids[row] != flat
         if unnamed.any():
             missing = torch.unique(flat[unnamed]).tolist()
-            raise FeatgsError(
-                f"label ids {missing[:10]} have no name in label_names (named ids: {ids.tolist()[:20]})"
-            )
+            raise FeatgsError(f"label ids {missing[:10]} have no name in label_names (named ids: {ids.tolist()[:20]})")
         # Gather from the [D, n] table along its columns: the result is [D, H*W] contiguous,
         # with no [H*W, D] intermediate to transpose.
         return table.index_select(1, row).view(self.dim, *labels.shape)
@@ -113,6 +113,11 @@ class LabelsTeacher(Teacher):
 
 def _checked(label_names: Mapping[int, str]) -> dict[int, str]:
     for key, value in label_names.items():
-        if isinstance(key, bool) or not isinstance(key, numbers.Integral) or not isinstance(value, str) or not value.strip():
+        if (
+            isinstance(key, bool)
+            or not isinstance(key, numbers.Integral)
+            or not isinstance(value, str)
+            or not value.strip()
+        ):
             raise FeatgsError(f"label_names must map integer ids to non-empty names, got {key!r}: {value!r}")
     return {int(key): value for key, value in label_names.items()}

@@ -70,7 +70,9 @@ class MiniLM:
         # Unexpected keys are harmless (an old `position_ids` buffer); a missing one is not.
         missing = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False).missing_keys
         if missing:
-            raise FeatgsError(f"{folder / 'model.safetensors'}: not an all-MiniLM-L6-v2 checkpoint (missing {missing[0]})")
+            raise FeatgsError(
+                f"{folder / 'model.safetensors'}: not an all-MiniLM-L6-v2 checkpoint (missing {missing[0]})"
+            )
         self.model = model.eval().to(self.device)
 
     def encode(self, texts: list[str]) -> Tensor:
