@@ -113,12 +113,14 @@ class Camera:
 
     def scaled(self, factor: float) -> "Camera":
         """The same camera for images resized by ``factor`` (e.g. 0.5 halves the size)."""
-        w = max(1, int(round(self.width * factor)))
-        h = max(1, int(round(self.height * factor)))
+        return self.resized(max(1, int(round(self.width * factor))), max(1, int(round(self.height * factor))))
+
+    def resized(self, width: int, height: int) -> "Camera":
+        """The same camera for images resampled to ``width`` x ``height`` pixels."""
         K = self.K.clone()
-        K[0] *= w / self.width
-        K[1] *= h / self.height
-        return replace(self, K=K, width=w, height=h)
+        K[0] *= width / self.width
+        K[1] *= height / self.height
+        return replace(self, K=K, width=int(width), height=int(height))
 
     # -- CAM.json -------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -19,6 +19,9 @@ from featgs.errors import FeatgsError
 # Imported lazily so that `featgs --help` stays fast and one broken command cannot hide others.
 COMMAND_MODULES = [
     "featgs.commands.render",
+    "featgs.commands.scene",
+    "featgs.commands.data",
+    "featgs.commands.train",
 ]
 
 

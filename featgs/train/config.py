@@ -1,0 +1,57 @@
+"""Training configuration (surfaced one flag per field by ``featgs train``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from featgs.train.solve import SolveConfig
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = _f("solve", "feature distillation: 'solve' (geometry first, then a sparse least-squares solve) "
+                   "or 'joint' (Feature 3DGS: feature L1 on every step)", choices=["solve", "joint"])
+    teacher: str = _f("labels", "feature teacher: 'labels' (text embeddings of per-pixel labels) or 'none'")
+    iters: int = _f(2000, "optimisation steps of the geometry (and, in joint mode, the features)")
+    feature_dim: Optional[int] = _f(None, "store d-dim features and a linear decoder to the teacher's D "
+                                    "(default: D, no decoder)")
+    downscale: float = _f(1.0, "divide image sizes by this factor (cached)")
+    strategy: str = _f("default", "densification: gsplat's 'default' (clone/split/prune) or 'mcmc'",
+                       choices=["default", "mcmc"])
+    sh_degree: int = _f(3, "highest spherical-harmonics degree, reached by a ramp")
+    sh_degree_interval: int = _f(400, "steps between SH degree increases")
+    max_init_points: int = _f(60_000, "subsample the initial point cloud to at most this many points")
+    init_opacity: float = _f(0.5, "opacity of the initial Gaussians")
+    lr_means: float = _f(1.6e-4, "position learning rate (times the scene extent), decays to 1/100")
+    lr_scales: float = _f(5e-3, "log-scale learning rate")
+    lr_quats: float = _f(1e-3, "rotation learning rate")
+    lr_opacities: float = _f(5e-2, "opacity-logit learning rate")
+    lr_sh0: float = _f(2.5e-3, "base colour learning rate")
+    lr_shN: float = _f(2.5e-3 / 20, "higher SH learning rate")
+    lr_features: float = _f(2.5e-3, "feature learning rate (joint mode)")
+    lr_decoder: float = _f(1e-3, "decoder learning rate (joint mode)")
+    ssim_weight: float = _f(0.2, "weight of 1 - SSIM in the colour loss (the rest is L1)")
+    feature_weight: float = _f(1.0, "weight of the feature L1 loss (joint mode)")
+    refine_start: int = _f(100, "first densification step")
+    refine_stop_fraction: float = _f(0.6, "stop densifying after this fraction of the steps")
+    refine_every: int = _f(100, "steps between densifications")
+    reset_every: int = _f(3000, "steps between opacity resets (default strategy)")
+    grow_grad2d: float = _f(2e-4, "screen-space gradient threshold for cloning/splitting")
+    cap_max: int = _f(300_000, "most Gaussians (mcmc strategy)")
+    checkpoint_every: int = _f(500, "steps between checkpoints")
+    seed: int = _f(0, "random seed (data order, initialisation, densification)")
+    solve: SolveConfig = field(default_factory=SolveConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        solve = SolveConfig(**d.pop("solve", {}))
+        return cls(**d, solve=solve)

@@ -1,0 +1,133 @@
+"""Evaluation of a run on its test views: image quality, feature fidelity, segmentation, speed."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from featgs.atomic import atomic_open, atomic_write_text
+from featgs.errors import FeatgsError
+from featgs.pictures import FeaturePCA, colorize_labels, contact_sheet, palette, to_uint8
+from featgs.query import confusion_matrix, miou_and_accuracy, segment_features
+from featgs.render import render
+from featgs.train.config import TrainConfig
+from featgs.train.losses import psnr, ssim
+from featgs.train.run import _teacher_for, feature_cache, load_run_gaussians, read_run
+
+METRICS_FILE = "metrics.json"
+METRIC_KEYS = ("psnr", "ssim", "feature_cosine", "miou", "accuracy", "fps")
+
+
+def _mean(xs) -> Optional[float]:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else None
+
+
+@torch.no_grad()
+def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True) -> dict:
+    """Metrics over the test views (the train views if a scene has none), written to metrics.json.
+
+    Segmentation labels each pixel with the label name whose text embedding is closest to
+    the rendered feature, and scores it against the ground-truth label maps (or, for scenes
+    without them, against the same argmax of the teacher's own maps, as Feature 3DGS does).
+    """
+    from featgs.data import load_scene
+
+    root = Path(root)
+    info = read_run(root)
+    config = TrainConfig.from_dict(info["config"])
+    g = load_run_gaussians(root)
+    data = Path(info["data"])
+    if not data.exists():
+        raise FeatgsError(f"{root}: its data folder {data} is gone; expected the folder the run was trained on")
+    scene = load_scene(data, downscale=config.downscale)
+    views = scene.test or scene.train
+    split = "test" if scene.test else "train"
+
+    teacher = cache = text = None
+    names = []
+    if info.get("teacher"):
+        teacher = _teacher_for(info["teacher"]["name"], scene)
+        if teacher.dim != info["teacher"]["dim"] or g.output_feature_dim != teacher.dim:
+            raise FeatgsError(f"{root}: run renders {g.output_feature_dim}-dim features, teacher {teacher.name!r} gives {teacher.dim}")
+        cache = feature_cache(scene, teacher, config.downscale)
+        cache.check(teacher, [v.name for v in views])
+        if scene.label_names and teacher.language_aligned:
+            ids = sorted(scene.label_names)
+            names = [scene.label_names[i] for i in ids]
+            text = teacher.encode_text(names)
+            lut = torch.full((max(ids) + 1,), -1, dtype=torch.long)
+            lut[torch.tensor(ids)] = torch.arange(len(ids))
+    pca = None
+    if g.feature_dim:
+        sample = g.features[torch.randperm(len(g), generator=torch.Generator().manual_seed(0))[:20000]]
+        pca = FeaturePCA(g.decoder(sample) if g.decoder is not None else sample)
+    colors = palette(max(len(names), 1))
+
+    per_view, conf = [], None
+    render_seconds = 0.0
+    out_dir = root / "eval"
+    for v in tqdm(views, desc=f"evaluate ({split} views)", unit="view", disable=not progress):
+        gt = v.image()
+        t0 = time.perf_counter()
+        out = render(g, v.camera, features=teacher is not None)
+        render_seconds += time.perf_counter() - t0
+        rec = {"view": v.name, "psnr": psnr(out.rgb, gt), "ssim": float(ssim(out.rgb.clamp(0, 1), gt))}
+        seg = None
+        if teacher is not None:
+            target = cache.load(v.name).float()
+            pred = out.features.permute(2, 0, 1)[None]
+            if pred.shape[-2:] != target.shape[-2:]:
+                pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
+            rec["feature_cosine"] = float(F.cosine_similarity(pred[0], target, dim=0).mean())
+            if text is not None:
+                seg = segment_features(out.features, text)
+                truth_ids = v.labels()
+                if truth_ids is not None:
+                    truth = lut[truth_ids.clamp(0, len(lut) - 1)]
+                    truth[(truth_ids < 0) | (truth_ids >= len(lut))] = -1
+                else:
+                    truth = segment_features(target.permute(1, 2, 0), text)
+                    if truth.shape != seg.shape:
+                        truth = F.interpolate(truth[None, None].float(), size=seg.shape, mode="nearest")[0, 0].long()
+                c = confusion_matrix(seg, truth, len(names))
+                conf = c if conf is None else conf + c
+                rec["miou"], rec["accuracy"], _ = miou_and_accuracy(c)
+        per_view.append(rec)
+        if pictures:
+            panels, titles = [to_uint8(gt), to_uint8(out.rgb)], ["ground truth", f"render {rec['psnr']:.1f} dB"]
+            if pca is not None and out.features is not None:
+                panels.append(to_uint8(pca(out.features)))
+                titles.append("features (PCA)")
+            if seg is not None:
+                panels.append(colorize_labels(seg, colors))
+                titles.append(f"segmentation acc {rec['accuracy']:.3f}")
+            legend = {n: colors[k] for k, n in enumerate(names)} if seg is not None else None
+            sheet = contact_sheet(panels, titles, legend=legend, footer=f"{root.name} / {v.name}")
+            out_dir.mkdir(exist_ok=True)
+            with atomic_open(out_dir / f"{v.name}.png", "wb") as f:
+                sheet.save(f, format="PNG")
+
+    metrics = {
+        "psnr": _mean(r["psnr"] for r in per_view),
+        "ssim": _mean(r["ssim"] for r in per_view),
+        "feature_cosine": _mean(r.get("feature_cosine") for r in per_view),
+        "miou": None,
+        "accuracy": None,
+        "fps": len(views) / render_seconds if render_seconds > 0 else None,
+    }
+    if conf is not None:
+        miou, acc, iou = miou_and_accuracy(conf)
+        metrics["miou"], metrics["accuracy"] = miou, acc
+        metrics["per_label_iou"] = {n: (None if math.isnan(x) else float(x)) for n, x in zip(names, iou.tolist())}
+    metrics.update(split=split, num_views=len(views), num_gaussians=len(g), views=per_view,
+                   fps_note="rgb + features, renderer 'torch', this machine")
+    atomic_write_text(root / METRICS_FILE, json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,251 @@
+"""Feature distillation as a sparse linear least-squares solve (design.md, "solve").
+
+With geometry frozen, a rendered feature is linear in the per-Gaussian features: ``f = W F``,
+W the [pixels, N] matrix of blend weights. Minimising ``||W F - T||^2 + lam ||F||^2`` over
+every training pixel is ``(W^T W + lam I) F = W^T T``: one symmetric positive definite system
+shared by all feature channels. We keep each pixel's K largest weights (W is sparse), start
+from the weight-averaged teacher features and run Jacobi-preconditioned conjugate gradients,
+all channels at once. Teacher maps are streamed view by view; only W is held.
+
+Because the solution is linear in T, solving against the teacher projected on its top-d PCA
+basis gives exactly the projection of the full solution: the d-dim features plus the linear
+decoder (basis, mean) replace a D-dim solve at d/D of the cost.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from featgs.camera import Camera
+from featgs.errors import FeatgsError
+from featgs.gaussians import Gaussians, LinearDecoder
+from featgs.render import render
+
+TeacherMap = Callable[[], Tensor]  # () -> [D, h, w]
+
+
+@dataclass(frozen=True)
+class SolveConfig:
+    """Attributes:
+    top_k: blend weights kept per pixel (more: closer to the exact problem, slower).
+    cg_iters: conjugate-gradient iterations at most.
+    reg: lambda as a fraction of the mean diagonal of W^T W (keeps barely-seen Gaussians sane).
+    tol: stop when every channel's relative residual is below this.
+    """
+
+    top_k: int = 16
+    cg_iters: int = 20
+    reg: float = 1e-2
+    tol: float = 1e-3
+
+
+@dataclass
+class WeightMatrix:
+    """The sparse top-K blend weights of all training pixels.
+
+    Attributes:
+        W: [P, N] sparse CSR, P the number of pixels of all views.
+        Wt: [N, P] its transpose, also CSR (both products are row-major SpMMs).
+        view_rows: (start, end) row range of each view.
+        view_blocks: per view, its rows of W transposed, [N, P_v] sparse CSR (for W^T T).
+        mass_kept: share of the total blend weight (alpha) that the top-K entries hold.
+    """
+
+    W: Tensor
+    Wt: Tensor
+    view_rows: list
+    view_blocks: list
+    mass_kept: float
+
+    @property
+    def num_gaussians(self) -> int:
+        return self.W.shape[1]
+
+
+@dataclass
+class SolveResult:
+    features: Tensor  # [N, d]
+    decoder: Optional[LinearDecoder]
+    stats: dict
+
+
+def teacher_resolution_camera(camera: Camera, teacher_map_shape: Sequence[int]) -> Camera:
+    """The camera rendering at a teacher map's own (h, w)."""
+    h, w = int(teacher_map_shape[-2]), int(teacher_map_shape[-1])
+    return camera if (w, h) == (camera.width, camera.height) else camera.resized(w, h)
+
+
+@torch.no_grad()
+def collect_weights(gaussians: Gaussians, cameras: Sequence[Camera], top_k: int, *, progress: bool = True) -> WeightMatrix:
+    """Render every camera's top-K blend weights into one sparse matrix."""
+    g = gaussians.detach()
+    n = len(g)
+    rows, cols, vals, view_rows, blocks = [], [], [], [], []
+    kept = total = 0.0
+    offset = 0
+    for cam in tqdm(cameras, desc="blend weights", unit="view", disable=not progress, leave=False):
+        out = render(g, cam, features=False, top_k=top_k)
+        ids = out.topk_ids.reshape(-1, top_k)
+        w = out.topk_weights.reshape(-1, top_k).float()
+        p = ids.shape[0]
+        valid = ids >= 0
+        r = torch.arange(p)[:, None].expand_as(ids)[valid]
+        c, v = ids[valid], w[valid]
+        rows.append(r + offset)
+        cols.append(c)
+        vals.append(v)
+        blocks.append(_csr(torch.stack([c, r]), v, (n, p)))
+        kept += float(w.sum())
+        total += float(out.alpha.sum())
+        view_rows.append((offset, offset + p))
+        offset += p
+    idx = torch.stack([torch.cat(rows), torch.cat(cols)])
+    val = torch.cat(vals)
+    W = _csr(idx, val, (offset, n))
+    Wt = _csr(idx.flip(0), val, (n, offset))
+    return WeightMatrix(W=W, Wt=Wt, view_rows=view_rows, view_blocks=blocks, mass_kept=kept / max(total, 1e-12))
+
+
+def _flat(teacher_map: Tensor) -> Tensor:
+    """[D, h, w] -> [h*w, D] float32, rejecting non-finite values."""
+    t = teacher_map.float()
+    if not torch.isfinite(t).all():
+        raise FeatgsError("teacher map contains NaN or Inf; rebuild the feature cache")
+    return t.reshape(t.shape[0], -1).T
+
+
+@torch.no_grad()
+def teacher_pca(maps: Sequence[TeacherMap], dim: int, *, progress: bool = True) -> Tuple[Tensor, Tensor, float]:
+    """Top-``dim`` principal basis of the teacher features over all views, streamed.
+
+    Returns:
+        basis [D, dim] (orthonormal columns), mean [D], and the share of variance kept.
+    """
+    s = ss = None
+    count = 0
+    for load in tqdm(maps, desc="teacher PCA", unit="view", disable=not progress, leave=False):
+        t = _flat(load()).double()
+        s = t.sum(0) if s is None else s + t.sum(0)
+        ss = t.T @ t if ss is None else ss + t.T @ t
+        count += t.shape[0]
+    mean = s / count
+    cov = ss / count - torch.outer(mean, mean)
+    evals, evecs = torch.linalg.eigh(cov)
+    order = torch.argsort(evals, descending=True)[:dim]
+    kept = float(evals[order].clamp_min(0).sum() / evals.clamp_min(0).sum().clamp_min(1e-30))
+    return evecs[:, order].float(), mean.float(), kept
+
+
+@torch.no_grad()
+def solve_features(
+    gaussians: Gaussians,
+    cameras: Sequence[Camera],
+    maps: Sequence[TeacherMap],
+    sizes: Sequence[Tuple[int, int]],
+    config: SolveConfig = SolveConfig(),
+    *,
+    feature_dim: Optional[int] = None,
+    progress: bool = True,
+) -> SolveResult:
+    """Per-Gaussian features that best reproduce the teacher maps through the frozen geometry.
+
+    Args:
+        gaussians: trained geometry (its features are ignored).
+        cameras: training cameras; ``maps[i]()`` loads view i's teacher map [D, h, w], and
+            ``sizes[i]`` is its (h, w): the blend weights are rendered at that resolution.
+        feature_dim: d < D stores d-dim features and a PCA decoder d -> D.
+    Returns:
+        features [N, d], the decoder (or None), and stats: mass_kept, iterations,
+        relative residual, seconds.
+    """
+    if not (len(cameras) == len(maps) == len(sizes)) or not cameras:
+        raise FeatgsError("solve: need one teacher map and size per training camera, and at least one")
+    t0 = time.perf_counter()
+    D = maps[0]().shape[0]
+    d = D if feature_dim is None or feature_dim >= D else int(feature_dim)
+    basis = mean = None
+    pca_kept = 1.0
+    if d < D:
+        basis, mean, pca_kept = teacher_pca(maps, d, progress=progress)
+    cams = [teacher_resolution_camera(c, hw) for c, hw in zip(cameras, sizes)]
+    Wm = collect_weights(gaussians, cams, config.top_k, progress=progress)
+
+    def target(i: int) -> Tensor:
+        t = _flat(maps[i]())
+        if t.shape[0] != Wm.view_rows[i][1] - Wm.view_rows[i][0] or t.shape[1] != D:
+            raise FeatgsError(f"solve: teacher map {i} is not [{D}, {sizes[i][0]}, {sizes[i][1]}]")
+        return t if basis is None else (t - mean) @ basis
+
+    n = Wm.num_gaussians
+    b = torch.zeros(n, d)
+    for i, block in enumerate(tqdm(Wm.view_blocks, desc="W^T T", unit="view", disable=not progress, leave=False)):
+        b += block @ target(i)
+    ones = torch.ones(Wm.W.shape[0], 1)
+    seen = (Wm.Wt @ ones).squeeze(1)  # sum_p w_i(p)
+    diag = (_square(Wm.Wt) @ ones).squeeze(1)  # sum_p w_i(p)^2
+    lam = config.reg * float(diag[diag > 0].mean()) if (diag > 0).any() else 1.0
+
+    def apply_A(x: Tensor) -> Tensor:
+        return Wm.Wt @ (Wm.W @ x) + lam * x
+
+    # Weighted average of the teacher features: a fair answer on its own, and CG's start.
+    x = torch.where(seen[:, None] > 0, b / seen.clamp_min(1e-12)[:, None], torch.zeros_like(b))
+    precond = 1.0 / (diag + lam)
+    r = b - apply_A(x)
+    z = precond[:, None] * r
+    p = z.clone()
+    rz = (r * z).sum(0)
+    b_norm = b.norm(dim=0).clamp_min(1e-12)
+    it = 0
+    rel = float((r.norm(dim=0) / b_norm).max())
+    bar = tqdm(range(config.cg_iters), desc="conjugate gradients", disable=not progress, leave=False)
+    for it in bar:
+        if rel < config.tol:
+            break
+        Ap = apply_A(p)
+        alpha = rz / (p * Ap).sum(0).clamp_min(1e-30)
+        x += alpha * p
+        r -= alpha * Ap
+        rel = float((r.norm(dim=0) / b_norm).max())
+        bar.set_postfix(residual=f"{rel:.2e}")
+        z = precond[:, None] * r
+        rz_new = (r * z).sum(0)
+        p = z + (rz_new / rz.clamp_min(1e-30)) * p
+        rz = rz_new
+    else:
+        it = config.cg_iters
+    decoder = None if basis is None else LinearDecoder(weight=basis.contiguous(), bias=mean)
+    stats = {
+        "feature_dim": d,
+        "teacher_dim": D,
+        "pca_variance_kept": pca_kept,
+        "top_k": config.top_k,
+        "topk_mass_kept": Wm.mass_kept,
+        "cg_iterations": it,
+        "relative_residual": rel,
+        "unseen_gaussians": int((seen == 0).sum()),
+        "seconds": time.perf_counter() - t0,
+    }
+    return SolveResult(features=x, decoder=decoder, stats=stats)
+
+
+
+def _square(csr: Tensor) -> Tensor:
+    """The same sparsity pattern with squared values."""
+    return torch.sparse_csr_tensor(csr.crow_indices(), csr.col_indices(), csr.values() ** 2, csr.shape,
+                                   check_invariants=False)
+
+
+def _csr(indices: Tensor, values: Tensor, size: Tuple[int, int]) -> Tensor:
+    """A CSR matrix from COO triplets (duplicates summed)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        coo = torch.sparse_coo_tensor(indices, values, size, check_invariants=False)
+        return coo.coalesce().to_sparse_csr()
