@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "featgs.commands.scene",
     "featgs.commands.data",
     "featgs.commands.train",
+    "featgs.commands.demo",
 ]
 
 

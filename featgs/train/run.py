@@ -7,6 +7,7 @@ teacher and label names), ``point_cloud.ply`` (+ ``point_cloud.decoder.safetenso
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,8 @@ def train_run(
     cams: List[Camera] = [v.camera for v in scene.train]
     images = [v.image() for v in tqdm(scene.train, desc="load images", unit="img", disable=not progress, leave=False)]
     extent = scene_extent(torch.stack([c.center for c in cams]))
+    if scene.points is not None and len(scene.points) == 0:  # an empty point cloud: start from random points
+        scene = dataclasses.replace(scene, points=None, point_colors=None)
     pts, cols = initial_points(scene, config.max_init_points, seed=config.seed)
     init = gaussians_from_points(pts, cols, sh_degree=config.sh_degree, opacity=config.init_opacity,
                                  max_points=config.max_init_points, seed=config.seed)

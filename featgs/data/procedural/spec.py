@@ -6,7 +6,7 @@ spaces (``0.1,0.2,0.3``); ranges are ``MIN:MAX``. Units are metres, the world's 
 colours are linear RGB in 0..1. Statements::
 
     scene NAME
-    ambient A                                       # light reaching every surface, 0..1
+    ambient A                                       # light reaching every surface, 0..1 (default 0.3)
     light dir=X,Y,Z intensity=I [shadow=S]          # directional light coming from (X,Y,Z);
                                                     # S: how much shadows darken, 0..1
     rig target=X,Y,Z radius=MIN:MAX height=MIN:MAX fov=DEG [jitter=J]
@@ -69,7 +69,7 @@ class Material:
     contrast: float = 0.3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
 class Primitive:
     """One analytic surface.
 
@@ -94,14 +94,14 @@ class Primitive:
     instance_id: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
 class Light:
     direction: np.ndarray  # [3] unit vector pointing towards the light
     intensity: float
     shadow: float  # 0: no shadows, 1: shadowed surfaces get ambient light only
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
 class Rig:
     target: np.ndarray  # [3]
     radius: tuple[float, float]  # horizontal distance from target, metres
@@ -110,7 +110,7 @@ class Rig:
     jitter: float  # std of the look-at point's random offset, metres
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
 class SceneSpec:
     name: str
     labels: tuple[str, ...]  # label id -> name
@@ -150,6 +150,7 @@ class _Line:
     def __init__(self, source: str, lineno: int, words: list[str]):
         self.where = f"{source}:{lineno}"
         self.keyword = words[0]
+        self.what = words[0]  # the statement, or the shape once known: names what a key belongs to
         self.words = words[1:]
 
     def fail(self, message: str) -> FeatgsError:
@@ -162,7 +163,7 @@ class _Line:
             if not eq or not value:
                 raise self.fail(f"expected key=value, got {w!r}")
             if key not in allowed:
-                raise self.fail(f"unknown key {key!r} for {self.keyword}; expected one of {', '.join(allowed)}")
+                raise self.fail(f"unknown key {key!r} for {self.what}; expected one of {', '.join(allowed)}")
             if key in out:
                 raise self.fail(f"key {key!r} given twice")
             out[key] = value
@@ -172,7 +173,7 @@ class _Line:
         try:
             x = float(kv[key])
         except KeyError:
-            raise self.fail(f"{self.keyword}: missing {key}=") from None
+            raise self.fail(f"{self.what}: missing {key}=") from None
         except ValueError:
             raise self.fail(f"{key}: expected a number, got {kv[key]!r}") from None
         if not math.isfinite(x) or (positive and x <= 0) or (unit and not 0 <= x <= 1):
@@ -182,7 +183,7 @@ class _Line:
 
     def vector(self, kv: dict, key: str, *, positive: bool = False, unit: bool = False) -> np.ndarray:
         if key not in kv:
-            raise self.fail(f"{self.keyword}: missing {key}=")
+            raise self.fail(f"{self.what}: missing {key}=")
         parts = kv[key].split(",")
         try:
             v = np.array([float(p) for p in parts])
@@ -198,7 +199,7 @@ class _Line:
 
     def interval(self, kv: dict, key: str) -> tuple[float, float]:
         if key not in kv:
-            raise self.fail(f"{self.keyword}: missing {key}=")
+            raise self.fail(f"{self.what}: missing {key}=")
         lo, colon, hi = kv[key].partition(":")
         try:
             a, b = float(lo), float(hi if colon else lo)
@@ -211,7 +212,7 @@ class _Line:
 
 def _material(line: _Line, kv: dict, inherit: Material | None) -> Material:
     if "color" not in kv and inherit is None:
-        raise line.fail("object: missing color=R,G,B")
+        raise line.fail(f"{line.what}: missing color=R,G,B")
     base = inherit or Material(color=(0.0, 0.0, 0.0))
     texture = kv.get("texture", base.texture)
     if texture not in TEXTURES:
@@ -230,6 +231,7 @@ def _primitive(line: _Line, words: list[str], label_id: int, instance_id: int, i
     shape = words[0]
     if shape not in SHAPES:
         raise line.fail(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+    line.what = shape
     allowed = _SHAPE_KEYS[shape] + _MATERIAL_KEYS + (() if shape == "plane" else ("rot",))
     kv = line.keyvalues(words[1:], allowed)
     material = _material(line, kv, inherit)
