@@ -26,7 +26,7 @@ class TrainConfig:
     sh_degree: int = _f(3, "highest spherical-harmonics degree, reached by a ramp")
     sh_degree_interval: int = _f(400, "steps between SH degree increases")
     max_init_points: int = _f(60_000, "subsample the initial point cloud to at most this many points")
-    init_opacity: float = _f(0.5, "opacity of the initial Gaussians")
+    init_opacity: float = _f(0.1, "opacity of the initial Gaussians (3DGS uses 0.1)")
     lr_means: float = _f(1.6e-4, "position learning rate (times the scene extent), decays to 1/100")
     lr_scales: float = _f(5e-3, "log-scale learning rate")
     lr_quats: float = _f(1e-3, "rotation learning rate")

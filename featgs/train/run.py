@@ -146,7 +146,11 @@ def train_run(
     teacher = cache = None
     if config.teacher != "none":
         teacher = _teacher_for(config.teacher, scene)
-        cache = build_cache(scene, teacher, config.downscale, progress)
+        if resume:  # never rebuild features under a run that was trained on them
+            cache = feature_cache(scene, teacher, config.downscale)
+            cache.check(teacher, [v.name for v in scene.views])
+        else:
+            cache = build_cache(scene, teacher, config.downscale, progress)
         _check_maps(cache, [v.name for v in scene.train], progress)
         if resume and saved.get("teacher", {}).get("dim") not in (None, teacher.dim):
             raise FeatgsError(f"{out}: run was trained on {saved['teacher']['dim']}-dim teacher features, the cache holds {teacher.dim}")

@@ -1,0 +1,149 @@
+"""Training end to end on a tiny generated scene: quality gains, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from featgs.cli import main
+from featgs.data.procedural import MakeConfig, make_scene, resolve_scene
+from featgs.gaussians import load_ply
+from featgs.train import TrainConfig
+from featgs.train.evaluate import evaluate_run
+from featgs.train.run import train_run
+
+TINY = dict(refine_start=30, refine_every=30, checkpoint_every=1000)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    path = resolve_scene("tabletop")
+    make_scene(path.read_text(), str(path), out, MakeConfig(size=32, views=24, test_views=3, points=400))
+    return out
+
+
+def test_training_beats_the_untrained_model(tiny, tmp_path):
+    untrained = train_run(tiny, tmp_path / "r0", TrainConfig(iters=1, **TINY), progress=False)
+    trained = train_run(tiny, tmp_path / "r1", TrainConfig(iters=400, **TINY), progress=False)
+    m0 = evaluate_run(tmp_path / "r0", pictures=False, progress=False)
+    m1 = evaluate_run(tmp_path / "r1", pictures=True, progress=False)
+    assert untrained["status"] == trained["status"] == "done"
+    assert m1["psnr"] - m0["psnr"] >= 8.0, (m0["psnr"], m1["psnr"])
+    assert m1["miou"] >= 0.7 > m0["miou"], (m0["miou"], m1["miou"])
+    assert m1["feature_cosine"] > m0["feature_cosine"]
+    saved = json.loads((tmp_path / "r1" / "metrics.json").read_text())
+    assert saved["psnr"] == m1["psnr"] and set(saved) >= {"psnr", "ssim", "feature_cosine", "miou", "accuracy", "fps"}
+    sheets = sorted((tmp_path / "r1" / "eval").glob("*.png"))
+    assert len(sheets) == 3
+    lines = (tmp_path / "r1" / "log.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 400
+
+
+def test_joint_mode_with_decoder_trains_features(tiny, tmp_path):
+    info = train_run(tiny, tmp_path / "j", TrainConfig(iters=60, mode="joint", feature_dim=8, **TINY), progress=False)
+    g = load_ply(tmp_path / "j" / "point_cloud.ply")
+    assert info["feature_dim"] == 8 and g.decoder is not None and g.decoder.out_dim == 384
+    log = [json.loads(x) for x in (tmp_path / "j" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["feature_l1"] < log[0]["feature_l1"]
+
+
+def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tiny, tmp_path):
+    args = ["--iters", "60", "--refine-start", "10", "--refine-every", "10", "--checkpoint-every", "1000", "--quiet"]
+    cmd = [sys.executable, "-m", "featgs", "train", str(tiny), "--out", str(tmp_path / "a")] + args
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "a" / "log.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in out and (tmp_path / "a" / "checkpoint.pt").exists()
+    assert not (tmp_path / "a" / "point_cloud.ply").exists()
+    assert main(["train", str(tiny), "--out", str(tmp_path / "a"), "--resume"] + args) == 0
+    assert main(["train", str(tiny), "--out", str(tmp_path / "b")] + args) == 0
+    a = load_ply(tmp_path / "a" / "point_cloud.ply")
+    b = load_ply(tmp_path / "b" / "point_cloud.ply")
+    for name in ("means", "scales", "quats", "opacities", "sh0", "shN", "features"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 60
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("featgs: error:"), err
+    return err
+
+
+def test_bad_input_gives_one_line_and_writes_nothing(tiny, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["train", str(empty), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert str(empty) in _one_line_error(capsys) and not (tmp_path / "r").exists()
+
+    assert main(["eval", str(tiny)]) == 2
+    assert "not a featgs run folder" in _one_line_error(capsys)
+    assert main(["eval", str(tmp_path / "nope")]) == 2
+    _one_line_error(capsys)
+
+
+def test_nan_teacher_map_is_refused(tiny, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    assert main(["train", str(data), "--out", str(tmp_path / "ok"), "--iters", "1", "--quiet"]) == 0
+    cached = sorted((data / "features" / "labels").glob("train_*.safetensors"))[0]
+    from safetensors import safe_open
+
+    with safe_open(str(cached), "pt") as f:
+        meta = f.metadata()
+    t = load_file(str(cached))
+    t["features"][0, 0, 0] = float("nan")
+    save_file(t, str(cached), metadata=meta)
+    assert main(["train", str(data), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "NaN" in _one_line_error(capsys) and not (tmp_path / "r").exists()
+
+
+def test_teacher_dimension_clash_with_cache_is_refused(tiny, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny, data)
+    run = tmp_path / "run"
+    assert main(["train", str(data), "--out", str(run), "--iters", "1", "--quiet"]) == 0
+    meta_path = data / "features" / "labels" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["dim"] = 512
+    meta_path.write_text(json.dumps(meta))
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["eval", str(run), "--quiet"]) == 2
+    assert "dim 512" in _one_line_error(capsys)
+    assert main(["train", str(data), "--out", str(run), "--resume", "--iters", "2", "--quiet"]) == 2
+    _one_line_error(capsys)
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_existing_run_folder_needs_resume(tiny, tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "keep.txt").write_text("mine")
+    assert main(["train", str(tiny), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "--resume" in _one_line_error(capsys)
+    assert (tmp_path / "r" / "keep.txt").read_text() == "mine"
+
+
+def test_demo_help_lists_its_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "--iters" in capsys.readouterr().out
