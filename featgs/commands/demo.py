@@ -24,7 +24,7 @@ def register(subparsers) -> None:
                               description=DESCRIPTION, epilog="example:\n  featgs demo --out out/demo",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", metavar="DIR", type=Path, default=Path("out/demo"), help="demo folder (default: %(default)s)")
-    p.add_argument("--iters", type=int, default=1500, help="training steps (default: %(default)s)")
+    p.add_argument("--iters", type=int, default=1000, help="training steps (default: %(default)s)")
     p.add_argument("--size", type=int, default=128, help="image size of the scene (default: %(default)s)")
     p.add_argument("--feature-dim", type=int, default=16, help="stored feature dimension (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from featgs.atomic import atomic_open, atomic_write_text
 from featgs.errors import FeatgsError
+from featgs.gaussians import Gaussians
 from featgs.pictures import FeaturePCA, colorize_labels, contact_sheet, palette, to_uint8
 from featgs.query import confusion_matrix, miou_and_accuracy, segment_features
 from featgs.render import render
@@ -30,51 +33,58 @@ def _mean(xs) -> Optional[float]:
     return sum(xs) / len(xs) if xs else None
 
 
+@dataclass
+class Judge:
+    """What scoring needs besides the Gaussians: the teacher's cached maps and the label texts.
+
+    Attributes:
+        teacher, cache: the run's teacher and its feature cache (None: no features to score).
+        names: label names, in the order of ``text`` rows; ``text`` [L, D] their embeddings.
+        lut: label id -> row of ``text`` (-1 for ids without a name).
+    """
+
+    teacher: Optional[object] = None
+    cache: Optional[object] = None
+    names: List[str] = field(default_factory=list)
+    text: Optional[Tensor] = None
+    lut: Optional[Tensor] = None
+
+
+def make_judge(scene, teacher_name: Optional[str], downscale: float, views) -> Judge:
+    """The teacher, its cache (checked for ``views``) and the label text embeddings."""
+    if not teacher_name:
+        return Judge()
+    teacher = _teacher_for(teacher_name, scene)
+    cache = feature_cache(scene, teacher, downscale)
+    cache.check(teacher, [v.name for v in views])
+    judge = Judge(teacher=teacher, cache=cache)
+    if scene.label_names and teacher.language_aligned:
+        ids = sorted(scene.label_names)
+        judge.names = [scene.label_names[i] for i in ids]
+        judge.text = teacher.encode_text(judge.names)
+        judge.lut = torch.full((max(ids) + 1,), -1, dtype=torch.long)
+        judge.lut[torch.tensor(ids)] = torch.arange(len(ids))
+    return judge
+
+
 @torch.no_grad()
-def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True) -> dict:
-    """Metrics over the test views (the train views if a scene has none), written to metrics.json.
+def evaluate_gaussians(g: Gaussians, views, judge: Judge, *, pictures: Optional[Path] = None,
+                       title: str = "", progress: bool = True) -> dict:
+    """Score ``g`` on ``views``; write a contact sheet per view into ``pictures`` if given.
 
     Segmentation labels each pixel with the label name whose text embedding is closest to
     the rendered feature, and scores it against the ground-truth label maps (or, for scenes
     without them, against the same argmax of the teacher's own maps, as Feature 3DGS does).
     """
-    from featgs.data import load_scene
-
-    root = Path(root)
-    info = read_run(root)
-    config = TrainConfig.from_dict(info["config"])
-    g = load_run_gaussians(root)
-    data = Path(info["data"])
-    if not data.exists():
-        raise FeatgsError(f"{root}: its data folder {data} is gone; expected the folder the run was trained on")
-    scene = load_scene(data, downscale=config.downscale)
-    views = scene.test or scene.train
-    split = "test" if scene.test else "train"
-
-    teacher = cache = text = None
-    names = []
-    if info.get("teacher"):
-        teacher = _teacher_for(info["teacher"]["name"], scene)
-        if teacher.dim != info["teacher"]["dim"] or g.output_feature_dim != teacher.dim:
-            raise FeatgsError(f"{root}: run renders {g.output_feature_dim}-dim features, teacher {teacher.name!r} gives {teacher.dim}")
-        cache = feature_cache(scene, teacher, config.downscale)
-        cache.check(teacher, [v.name for v in views])
-        if scene.label_names and teacher.language_aligned:
-            ids = sorted(scene.label_names)
-            names = [scene.label_names[i] for i in ids]
-            text = teacher.encode_text(names)
-            lut = torch.full((max(ids) + 1,), -1, dtype=torch.long)
-            lut[torch.tensor(ids)] = torch.arange(len(ids))
+    teacher, cache, text, names = judge.teacher, judge.cache, judge.text, judge.names
     pca = None
-    if g.feature_dim:
+    if pictures is not None and g.feature_dim:
         sample = g.features[torch.randperm(len(g), generator=torch.Generator().manual_seed(0))[:20000]]
         pca = FeaturePCA(g.decoder(sample) if g.decoder is not None else sample)
     colors = palette(max(len(names), 1))
-
     per_view, conf = [], None
     render_seconds = 0.0
-    out_dir = root / "eval"
-    for v in tqdm(views, desc=f"evaluate ({split} views)", unit="view", disable=not progress):
+    for v in tqdm(views, desc="evaluate", unit="view", disable=not progress, leave=False):
         gt = v.image()
         t0 = time.perf_counter()
         out = render(g, v.camera, features=teacher is not None)
@@ -91,6 +101,7 @@ def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True) ->
                 seg = segment_features(out.features, text)
                 truth_ids = v.labels()
                 if truth_ids is not None:
+                    lut = judge.lut
                     truth = lut[truth_ids.clamp(0, len(lut) - 1)]
                     truth[(truth_ids < 0) | (truth_ids >= len(lut))] = -1
                 else:
@@ -101,7 +112,7 @@ def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True) ->
                 conf = c if conf is None else conf + c
                 rec["miou"], rec["accuracy"], _ = miou_and_accuracy(c)
         per_view.append(rec)
-        if pictures:
+        if pictures is not None:
             panels, titles = [to_uint8(gt), to_uint8(out.rgb)], ["ground truth", f"render {rec['psnr']:.1f} dB"]
             if pca is not None and out.features is not None:
                 panels.append(to_uint8(pca(out.features)))
@@ -110,11 +121,10 @@ def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True) ->
                 panels.append(colorize_labels(seg, colors))
                 titles.append(f"segmentation acc {rec['accuracy']:.3f}")
             legend = {n: colors[k] for k, n in enumerate(names)} if seg is not None else None
-            sheet = contact_sheet(panels, titles, legend=legend, footer=f"{root.name} / {v.name}")
-            out_dir.mkdir(exist_ok=True)
-            with atomic_open(out_dir / f"{v.name}.png", "wb") as f:
+            sheet = contact_sheet(panels, titles, legend=legend, footer=f"{title} / {v.name}")
+            pictures.mkdir(parents=True, exist_ok=True)
+            with atomic_open(pictures / f"{v.name}.png", "wb") as f:
                 sheet.save(f, format="PNG")
-
     metrics = {
         "psnr": _mean(r["psnr"] for r in per_view),
         "ssim": _mean(r["ssim"] for r in per_view),
@@ -127,7 +137,32 @@ def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True) ->
         miou, acc, iou = miou_and_accuracy(conf)
         metrics["miou"], metrics["accuracy"] = miou, acc
         metrics["per_label_iou"] = {n: (None if math.isnan(x) else float(x)) for n, x in zip(names, iou.tolist())}
-    metrics.update(split=split, num_views=len(views), num_gaussians=len(g), views=per_view,
+    metrics.update(num_views=len(views), num_gaussians=len(g), views=per_view)
+    return metrics
+
+
+def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True) -> dict:
+    """Metrics of a run over its scene's test views (the train views if it has none), written
+    to RUN/metrics.json, with a contact sheet per view under RUN/eval/."""
+    from featgs.data import load_scene
+
+    root = Path(root)
+    info = read_run(root)
+    config = TrainConfig.from_dict(info["config"])
+    g = load_run_gaussians(root)
+    data = Path(info["data"])
+    if not data.exists():
+        raise FeatgsError(f"{root}: its data folder {data} is gone; expected the folder the run was trained on")
+    scene = load_scene(data, downscale=config.downscale)
+    views = scene.test or scene.train
+    teacher_info = info.get("teacher")
+    judge = make_judge(scene, teacher_info["name"] if teacher_info else None, config.downscale, views)
+    if judge.teacher is not None and (judge.teacher.dim != teacher_info["dim"] or g.output_feature_dim != judge.teacher.dim):
+        raise FeatgsError(f"{root}: run renders {g.output_feature_dim}-dim features, teacher "
+                          f"{judge.teacher.name!r} gives {judge.teacher.dim}")
+    metrics = evaluate_gaussians(g, views, judge, pictures=(root / "eval") if pictures else None,
+                                 title=root.name, progress=progress)
+    metrics.update(split="test" if scene.test else "train",
                    fps_note="rgb + features, renderer 'torch', this machine")
     atomic_write_text(root / METRICS_FILE, json.dumps(metrics, indent=2))
     return metrics
