@@ -147,3 +147,26 @@ def test_demo_help_lists_its_options(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "--iters" in capsys.readouterr().out
+
+
+def test_mcmc_strategy_runs_on_the_cpu(tiny, tmp_path):
+    info = train_run(tiny, tmp_path / "m", TrainConfig(iters=40, strategy="mcmc", refine_start=5, refine_every=10,
+                                                        cap_max=450, teacher="none", checkpoint_every=1000),
+                     progress=False)
+    assert 400 < info["num_gaussians"] <= 450  # grown by relocation/adding, capped
+
+
+def test_mcmc_relocation_preserves_a_single_copy():
+    from gsplat.strategy import MCMCStrategy
+
+    from featgs.train.mcmc import relocation
+
+    binoms = MCMCStrategy().initialize_state()["binoms"]
+    o = torch.tensor([0.3, 0.8])
+    s = torch.rand(2, 3) + 0.1
+    new_o, new_s = relocation(o, s, torch.tensor([1, 1]), binoms)
+    torch.testing.assert_close(new_o, o)
+    torch.testing.assert_close(new_s, s)
+    # N copies of opacity o' composite back to the original opacity: 1 - (1 - o')^N = o
+    new_o, _ = relocation(o, s, torch.tensor([3, 5]), binoms)
+    torch.testing.assert_close(1 - (1 - new_o) ** torch.tensor([3.0, 5.0]), o)
