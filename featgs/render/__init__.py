@@ -4,6 +4,8 @@ One entry point, :func:`render`, with backends chosen by name:
 
 - ``torch``: the pure-PyTorch reference (CPU or GPU, differentiable). The oracle that every
   faster backend is tested against.
+- ``gsplat``: gsplat's CUDA rasteriser (features in chunks of 32 channels); the baseline.
+- ``cuda``: ours (``cuda/``): geometry rasterised once into top-K weights, features gathered.
 """
 
 from featgs.render.api import BACKENDS, render

@@ -12,7 +12,7 @@ from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians
 from featgs.render.output import RenderOutput
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "torch", "gsplat", "cuda")
 
 
 def render(
@@ -32,7 +32,9 @@ def render(
     Args:
         gaussians: the scene (any device; the output lives on the same device and dtype).
         camera: where to look from; its size sets H and W.
-        backend: "auto" (the fastest available) or a name from :data:`BACKENDS`.
+        backend: "torch" (reference, CPU or GPU), "gsplat" (CUDA), "cuda" (ours, CUDA) or
+            "auto": torch for CPU tensors, gsplat for CUDA tensors (our kernels become the
+            default once they have been verified on a GPU).
         sh_degree: SH degree to evaluate (default: all the Gaussians carry).
         background: [3] colour composited behind (default black).
         features: render per-Gaussian features too (ignored when d == 0).
@@ -45,9 +47,17 @@ def render(
         raise FeatgsError(f"top_k must be >= 0, got {top_k}")
     if sh_degree is not None and not 0 <= sh_degree <= gaussians.sh_degree:
         raise FeatgsError(f"sh_degree must be in 0..{gaussians.sh_degree}, got {sh_degree}")
-    from featgs.render.torch_backend import render_torch
-
-    return render_torch(
+    if backend == "auto":
+        backend = "gsplat" if gaussians.device.type == "cuda" else "torch"
+    if backend in ("gsplat", "cuda") and gaussians.device.type != "cuda":
+        raise FeatgsError(f"--backend {backend} needs CUDA tensors (a GPU); use --backend torch on this machine")
+    if backend == "torch":
+        from featgs.render.torch_backend import render_torch as fn
+    elif backend == "gsplat":
+        from featgs.render.gsplat_backend import render_gsplat as fn
+    else:
+        from featgs.render.cuda_backend import render_cuda as fn
+    return fn(
         gaussians,
         camera,
         sh_degree=gaussians.sh_degree if sh_degree is None else sh_degree,
