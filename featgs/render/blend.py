@@ -148,16 +148,21 @@ def _batches(plan: TilePlan, npix: int, settings: BlendSettings):
     return torch.split(order, per_batch)
 
 
+def _padded(q: Tensor, colors: Tensor, plan: TilePlan):
+    """Pixel monomials, and pairs/colours with one trailing sentinel that padding indices hit."""
+    M = pixel_monomials(plan.tile_size, colors.dtype, colors.device)
+    q_pad = torch.cat([q, q.new_tensor([[_SENTINEL_LOG_ALPHA, 0, 0, 0, 0, 0]])])
+    gid_pad = torch.cat([plan.pair_gauss, plan.pair_gauss.new_tensor([colors.shape[0]])])
+    col_pad = torch.cat([colors, colors.new_zeros(1, colors.shape[1])])
+    return M, q_pad, gid_pad, col_pad
+
+
 class _Blend(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, colors: Tensor, plan: TilePlan, settings: BlendSettings, top_k: int):
-        S2 = plan.tile_size ** 2
+        S2, C = plan.tile_size ** 2, colors.shape[1]
         dt, dev = colors.dtype, colors.device
-        C = colors.shape[1]
-        M = pixel_monomials(plan.tile_size, dt, dev)
-        q_pad = torch.cat([q, q.new_tensor([[_SENTINEL_LOG_ALPHA, 0, 0, 0, 0, 0]])])
-        gid_pad = torch.cat([plan.pair_gauss, plan.pair_gauss.new_tensor([colors.shape[0]])])
-        col_pad = torch.cat([colors, colors.new_zeros(1, C)])
+        M, q_pad, gid_pad, col_pad = _padded(q, colors, plan)
         acc = colors.new_zeros(plan.num_tiles, S2, C)
         t_final = colors.new_ones(plan.num_tiles, S2)
         top_w = colors.new_zeros(plan.num_tiles, S2, top_k)
@@ -189,13 +194,9 @@ class _Blend(torch.autograd.Function):
     def backward(ctx, g_acc: Tensor, g_t: Tensor, _g_w, _g_id):
         q, colors, acc, t_final = ctx.saved_tensors
         plan, settings = ctx.plan, ctx.settings
-        S2 = plan.tile_size ** 2
+        S2, C = plan.tile_size ** 2, colors.shape[1]
         dt, dev = colors.dtype, colors.device
-        C = colors.shape[1]
-        M = pixel_monomials(plan.tile_size, dt, dev)
-        q_pad = torch.cat([q, q.new_tensor([[_SENTINEL_LOG_ALPHA, 0, 0, 0, 0, 0]])])
-        gid_pad = torch.cat([plan.pair_gauss, plan.pair_gauss.new_tensor([colors.shape[0]])])
-        col_pad = torch.cat([colors, colors.new_zeros(1, C)])
+        M, q_pad, gid_pad, col_pad = _padded(q, colors, plan)
         grad_q = torch.zeros_like(q_pad)
         grad_col = torch.zeros_like(col_pad)
         g_acc = g_acc.contiguous()
