@@ -25,7 +25,7 @@ from featgs.train.checkpoint import load_checkpoint, save_checkpoint
 from featgs.train.config import TrainConfig
 from featgs.train.init import gaussians_from_points, scene_extent
 from featgs.train.solve import solve_features
-from featgs.train.trainer import Interrupted, TrainState, make_strategy, new_state, train_loop
+from featgs.train.trainer import Interrupted, TrainState, init_strategy_state, make_strategy, new_state, train_loop
 
 RUN_FILE = "run.json"
 PLY_FILE = "point_cloud.ply"
@@ -190,7 +190,7 @@ def train_run(
         state = new_state(init, config, extent, feature_dim=d if joint else 0, teacher_dim=D)
         strategy = make_strategy(config)
         strategy.check_sanity(state.params, state.optimizers)
-        state.strategy_state = strategy.initialize_state(scene_scale=extent)
+        state.strategy_state = init_strategy_state(strategy, extent)
         if resume and paths.checkpoint.exists():
             load_checkpoint(paths.checkpoint, state)
             _truncate_log(paths.log, state.step)

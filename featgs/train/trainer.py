@@ -104,6 +104,15 @@ def make_strategy(config: TrainConfig):
     )
 
 
+def init_strategy_state(strategy, extent: float) -> dict:
+    """The strategy's running state; only the default strategy scales thresholds by the scene."""
+    from gsplat.strategy import DefaultStrategy
+
+    if isinstance(strategy, DefaultStrategy):
+        return strategy.initialize_state(scene_scale=extent)
+    return strategy.initialize_state()
+
+
 def epoch_order(n: int, epoch: int, seed: int) -> Tensor:
     """The view order of one epoch: a function of (seed, epoch) alone, so resuming needs no state."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
