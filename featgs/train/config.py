@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from featgs.teachers.options import TeacherOptions
 from featgs.train.solve import SolveConfig
 
 
@@ -16,9 +17,10 @@ def _f(default, help: str, **kw):
 class TrainConfig:
     mode: str = _f("solve", "feature distillation: 'solve' (geometry first, then a sparse least-squares solve) "
                    "or 'joint' (Feature 3DGS: feature L1 on every step)", choices=["solve", "joint"])
-    teacher: str = _f("labels", "feature teacher: 'labels' (text embeddings of per-pixel labels) or 'none'")
+    teacher: str = _f("labels", "feature teacher(s): 'labels' (text embeddings of per-pixel labels), 'sam', "
+                      "'clip', several joined by commas (e.g. sam,clip), or 'none'")
     iters: int = _f(2000, "optimisation steps of the geometry (and, in joint mode, the features)")
-    feature_dim: Optional[int] = _f(None, "store d-dim features and a linear decoder to the teacher's D "
+    feature_dim: Optional[int] = _f(None, "store d-dim features per teacher and a linear decoder to the teacher's D "
                                     "(default: D, no decoder)")
     downscale: float = _f(1.0, "divide image sizes by this factor (cached)")
     strategy: str = _f("default", "densification: gsplat's 'default' (clone/split/prune) or 'mcmc'",
@@ -45,7 +47,10 @@ class TrainConfig:
     cap_max: int = _f(300_000, "most Gaussians (mcmc strategy)")
     checkpoint_every: int = _f(500, "steps between checkpoints")
     seed: int = _f(0, "random seed (data order, initialisation, densification)")
+    device: str = _f("auto", "where to train: 'cpu', 'cuda', or 'auto' (cuda when available)",
+                     choices=["auto", "cpu", "cuda"])
     solve: SolveConfig = field(default_factory=SolveConfig)
+    teacher_options: TeacherOptions = field(default_factory=TeacherOptions)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,4 +59,5 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)
         solve = SolveConfig(**d.pop("solve", {}))
-        return cls(**d, solve=solve)
+        options = TeacherOptions.from_dict(d.pop("teacher_options", {}))
+        return cls(**d, solve=solve, teacher_options=options)

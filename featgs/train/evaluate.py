@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,9 @@ from featgs.query import confusion_matrix, miou_and_accuracy, segment_features
 from featgs.render import render
 from featgs.train.config import TrainConfig
 from featgs.train.losses import psnr, ssim
-from featgs.train.run import _teacher_for, feature_cache, load_run_gaussians, read_run
+from featgs.teachers import TeacherOptions, teacher_names
+from featgs.train.blocks import TeacherBlock, make_blocks
+from featgs.train.run import load_run_gaussians, read_run
 
 METRICS_FILE = "metrics.json"
 METRIC_KEYS = ("psnr", "ssim", "feature_cosine", "miou", "accuracy", "fps")
@@ -35,36 +37,51 @@ def _mean(xs) -> Optional[float]:
 
 @dataclass
 class Judge:
-    """What scoring needs besides the Gaussians: the teacher's cached maps and the label texts.
+    """What scoring needs besides the Gaussians: the teachers' cached maps and the label texts.
 
     Attributes:
-        teacher, cache: the run's teacher and its feature cache (None: no features to score).
-        names: label names, in the order of ``text`` rows; ``text`` [L, D] their embeddings.
+        blocks: the run's teachers, their caches and channels (empty: no features to score).
+        speaker: the first language-aligned teacher, if the scene has label names to segment by.
+        names: label names, in the order of ``text`` rows; ``text`` [L, D_t] their embeddings
+            by ``speaker``.
         lut: label id -> row of ``text`` (-1 for ids without a name).
     """
 
-    teacher: Optional[object] = None
-    cache: Optional[object] = None
+    blocks: List[TeacherBlock] = field(default_factory=list)
+    speaker: Optional[TeacherBlock] = None
     names: List[str] = field(default_factory=list)
     text: Optional[Tensor] = None
     lut: Optional[Tensor] = None
 
 
-def make_judge(scene, teacher_name: Optional[str], downscale: float, views) -> Judge:
-    """The teacher, its cache (checked for ``views``) and the label text embeddings."""
-    if not teacher_name:
+def make_judge(scene, teachers: Optional[str], downscale: float, views,
+               options: TeacherOptions = TeacherOptions()) -> Judge:
+    """The teachers ("labels", "sam,clip", ...), their caches (checked for ``views``) and the
+    label text embeddings of the first language-aligned one."""
+    if not teachers:
         return Judge()
-    teacher = _teacher_for(teacher_name, scene)
-    cache = feature_cache(scene, teacher, downscale)
-    cache.check(teacher, [v.name for v in views])
-    judge = Judge(teacher=teacher, cache=cache)
-    if scene.label_names and teacher.language_aligned:
+    judge = Judge(blocks=make_blocks(scene, teacher_names(teachers), options, downscale))
+    for b in judge.blocks:
+        b.cache.check(b.teacher, [v.name for v in views])
+    speaker = next((b for b in judge.blocks if b.teacher.language_aligned), None)
+    if scene.label_names and speaker is not None:
         ids = sorted(scene.label_names)
         judge.names = [scene.label_names[i] for i in ids]
-        judge.text = teacher.encode_text(judge.names)
+        judge.text = speaker.teacher.encode_text(judge.names)
+        judge.speaker = speaker
         judge.lut = torch.full((max(ids) + 1,), -1, dtype=torch.long)
         judge.lut[torch.tensor(ids)] = torch.arange(len(ids))
     return judge
+
+
+def _cosine(features: Tensor, target: Tensor, channels: Tuple[int, int]) -> float:
+    """Mean cosine between a teacher's channels of rendered features [H, W, C] and its map
+    [D_t, h, w], the rendering resized (bilinear) to the map's resolution."""
+    pred = features[..., channels[0]:channels[1]].permute(2, 0, 1)[None]
+    target = target.float().to(pred.device)
+    if pred.shape[-2:] != target.shape[-2:]:
+        pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    return float(F.cosine_similarity(pred[0], target, dim=0).mean())
 
 
 @torch.no_grad()
@@ -76,7 +93,7 @@ def evaluate_gaussians(g: Gaussians, views, judge: Judge, *, pictures: Optional[
     the rendered feature, and scores it against the ground-truth label maps (or, for scenes
     without them, against the same argmax of the teacher's own maps, as Feature 3DGS does).
     """
-    teacher, cache, text, names = judge.teacher, judge.cache, judge.text, judge.names
+    text, names = judge.text, judge.names
     pca = None
     if pictures is not None and g.feature_dim:
         sample = g.features[torch.randperm(len(g), generator=torch.Generator().manual_seed(0))[:20000]]
@@ -87,25 +104,25 @@ def evaluate_gaussians(g: Gaussians, views, judge: Judge, *, pictures: Optional[
     for v in tqdm(views, desc="evaluate", unit="view", disable=not progress, leave=False):
         gt = v.image()
         t0 = time.perf_counter()
-        out = render(g, v.camera, features=teacher is not None)
+        out = render(g, v.camera, features=bool(judge.blocks))
         render_seconds += time.perf_counter() - t0
         rec = {"view": v.name, "psnr": psnr(out.rgb, gt), "ssim": float(ssim(out.rgb.clamp(0, 1), gt))}
         seg = None
-        if teacher is not None:
-            target = cache.load(v.name).float()
-            pred = out.features.permute(2, 0, 1)[None]
-            if pred.shape[-2:] != target.shape[-2:]:
-                pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
-            rec["feature_cosine"] = float(F.cosine_similarity(pred[0], target, dim=0).mean())
+        if judge.blocks:
+            cosines = {b.teacher.name: _cosine(out.features, b.cache.load(v.name), b.channels) for b in judge.blocks}
+            rec["feature_cosine"] = sum(cosines.values()) / len(cosines)
+            if len(cosines) > 1:
+                rec["feature_cosine_per_teacher"] = cosines
             if text is not None:
-                seg = segment_features(out.features, text)
+                start, end = judge.speaker.channels
+                seg = segment_features(out.features[..., start:end], text)
                 truth_ids = v.labels()
                 if truth_ids is not None:
                     lut = judge.lut
                     truth = lut[truth_ids.clamp(0, len(lut) - 1)]
                     truth[(truth_ids < 0) | (truth_ids >= len(lut))] = -1
                 else:
-                    truth = segment_features(target.permute(1, 2, 0), text)
+                    truth = segment_features(judge.speaker.cache.load(v.name).float().permute(1, 2, 0), text)
                     if truth.shape != seg.shape:
                         truth = F.interpolate(truth[None, None].float(), size=seg.shape, mode="nearest")[0, 0].long()
                 c = confusion_matrix(seg, truth, len(names))
@@ -133,6 +150,10 @@ def evaluate_gaussians(g: Gaussians, views, judge: Judge, *, pictures: Optional[
         "accuracy": None,
         "fps": len(views) / render_seconds if render_seconds > 0 else None,
     }
+    if len(judge.blocks) > 1:
+        metrics["feature_cosine_per_teacher"] = {
+            b.teacher.name: _mean(r["feature_cosine_per_teacher"][b.teacher.name] for r in per_view)
+            for b in judge.blocks}
     if conf is not None:
         miou, acc, iou = miou_and_accuracy(conf)
         metrics["miou"], metrics["accuracy"] = miou, acc
@@ -156,10 +177,12 @@ def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True) ->
     scene = load_scene(data, downscale=config.downscale)
     views = scene.test or scene.train
     teacher_info = info.get("teacher")
-    judge = make_judge(scene, teacher_info["name"] if teacher_info else None, config.downscale, views)
-    if judge.teacher is not None and (judge.teacher.dim != teacher_info["dim"] or g.output_feature_dim != judge.teacher.dim):
+    judge = make_judge(scene, teacher_info["name"] if teacher_info else None, config.downscale, views,
+                       config.teacher_options)
+    total = sum(b.dim for b in judge.blocks)
+    if judge.blocks and (total != teacher_info["dim"] or g.output_feature_dim != total):
         raise FeatgsError(f"{root}: run renders {g.output_feature_dim}-dim features, teacher "
-                          f"{judge.teacher.name!r} gives {judge.teacher.dim}")
+                          f"{teacher_info['name']!r} gives {total}")
     metrics = evaluate_gaussians(g, views, judge, pictures=(root / "eval") if pictures else None,
                                  title=root.name, progress=progress)
     metrics.update(split="test" if scene.test else "train",

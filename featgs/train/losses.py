@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -45,3 +46,21 @@ def psnr(a: Tensor, b: Tensor) -> float:
 def photometric_loss(render: Tensor, target: Tensor, ssim_weight: float = 0.2) -> Tensor:
     """3DGS's colour loss: (1 - lambda) L1 + lambda (1 - SSIM)."""
     return (1.0 - ssim_weight) * (render - target).abs().mean() + ssim_weight * (1.0 - ssim(render, target))
+
+
+def feature_l1(features: Tensor, targets: Sequence[Tuple[Tuple[int, int], Tensor]]) -> Tensor:
+    """Sum over teachers of the mean absolute error of their channels of the rendered features.
+
+    Args:
+        features: [H, W, C] rendered (decoded) features.
+        targets: per teacher, (its channels [start, end), its map [D_t, h, w]); the rendered
+            channels are resized (bilinear) to the map's resolution when they differ.
+    """
+    pred = features.permute(2, 0, 1)[None]
+    total = features.new_zeros(())
+    for (start, end), target in targets:
+        block = pred[:, start:end]
+        if block.shape[-2:] != target.shape[-2:]:
+            block = F.interpolate(block, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        total = total + (block[0] - target.to(features.device).float()).abs().mean()
+    return total

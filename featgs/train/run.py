@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -24,7 +24,9 @@ from featgs.gaussians import Gaussians, save_ply
 from featgs.train.checkpoint import load_checkpoint, save_checkpoint
 from featgs.train.config import TrainConfig
 from featgs.train.init import gaussians_from_points, scene_extent
-from featgs.train.solve import solve_features
+from featgs.teachers import TeacherOptions, teacher_names
+from featgs.train.blocks import (blocks_info, build_caches, feature_cache, joint_targets, make_blocks, solve_blocks,
+                                 stored_dims, teacher_channels, teacher_for_scene)
 from featgs.train.trainer import Interrupted, TrainState, init_strategy_state, make_strategy, new_state, train_loop
 
 RUN_FILE = "run.json"
@@ -70,21 +72,8 @@ def read_run(root: Path) -> dict:
     return info
 
 
-def _teacher_for(name: str, scene):
-    from featgs.teachers import make_teacher
-
-    if name == "labels":
-        if not scene.label_names:
-            raise FeatgsError(f"{scene.root}: --teacher labels needs per-pixel label maps and labels.json; this scene has none (use --teacher none)")
-        return make_teacher("labels", label_names=scene.label_names)
-    return make_teacher(name)
-
-
-def feature_cache(scene, teacher, downscale: float):
-    from featgs.teachers import FeatureCache
-
-    folder = teacher.name if downscale == 1.0 else f"{teacher.name}@{downscale:g}x"
-    return FeatureCache(scene.root, folder)
+def _teacher_for(name: str, scene, options: TeacherOptions = TeacherOptions()):
+    return teacher_for_scene(name, scene, options)
 
 
 def build_cache(scene, teacher, downscale: float, progress: bool):
@@ -140,33 +129,37 @@ def train_run(
                  if getattr(old, k) != getattr(config, k)]
         if clash:
             raise FeatgsError(f"{out}: --resume with different {', '.join(clash)} than the run was started with")
+        if config.teacher_options == TeacherOptions():  # not given again: the run's own
+            config = dataclasses.replace(config, teacher_options=old.teacher_options)
+    config = dataclasses.replace(config, teacher_options=config.teacher_options.resolved())
     scene = load_scene(data, downscale=config.downscale)
     paths = RunPaths(out)
 
-    teacher = cache = None
-    if config.teacher != "none":
-        teacher = _teacher_for(config.teacher, scene)
-        if resume:  # never rebuild features under a run that was trained on them
-            cache = feature_cache(scene, teacher, config.downscale)
-            cache.check(teacher, [v.name for v in scene.views])
-        else:
-            cache = build_cache(scene, teacher, config.downscale, progress)
-        _check_maps(cache, [v.name for v in scene.train], progress)
-        if resume and saved.get("teacher", {}).get("dim") not in (None, teacher.dim):
-            raise FeatgsError(f"{out}: run was trained on {saved['teacher']['dim']}-dim teacher features, the cache holds {teacher.dim}")
+    blocks = make_blocks(scene, teacher_names(config.teacher), config.teacher_options, config.downscale)
+    if resume:  # never rebuild features under a run that was trained on them
+        for b in blocks:
+            b.cache.check(b.teacher, [v.name for v in scene.views])
+    else:
+        build_caches(blocks, scene.views, progress)
+    for b in blocks:
+        _check_maps(b.cache, [v.name for v in scene.train], progress)
+    if resume and blocks:
+        trained = teacher_channels(saved)
+        now = {b.teacher.name: b.channels for b in blocks}
+        if trained != now:
+            raise FeatgsError(f"{out}: run was trained on teacher channels {trained}, the caches give {now}")
 
+    device = resolve_device(config.device)
     cams: List[Camera] = [v.camera for v in scene.train]
-    images = [v.image() for v in tqdm(scene.train, desc="load images", unit="img", disable=not progress, leave=False)]
+    images = [v.image().to(device) for v in tqdm(scene.train, desc="load images", unit="img", disable=not progress, leave=False)]
     extent = scene_extent(torch.stack([c.center for c in cams]))
     if scene.points is not None and len(scene.points) == 0:  # an empty point cloud: start from random points
         scene = dataclasses.replace(scene, points=None, point_colors=None)
     pts, cols = initial_points(scene, config.max_init_points, seed=config.seed)
     init = gaussians_from_points(pts, cols, sh_degree=config.sh_degree, opacity=config.init_opacity,
-                                 max_points=config.max_init_points, seed=config.seed)
-    D = teacher.dim if teacher is not None else 0
-    d = D if config.feature_dim is None else min(config.feature_dim, D)
-    if config.feature_dim is not None and config.feature_dim < 1:
-        raise FeatgsError(f"--feature-dim must be >= 1, got {config.feature_dim}")
+                                 max_points=config.max_init_points, seed=config.seed).to(device)
+    D = sum(b.dim for b in blocks)
+    d = sum(stored_dims(blocks, config.feature_dim))
 
     info = {
         "featgs_run": 1,
@@ -174,8 +167,8 @@ def train_run(
         "data": str(data.resolve()),
         "config": config.to_dict(),
         "status": "training",
-        "teacher": None if teacher is None else {"name": teacher.name, "model_id": teacher.model_id, "dim": D,
-                                                 "cache": str(cache.folder)},
+        "teacher": _teacher_summary(blocks),
+        "teachers": blocks_info(blocks),
         "label_names": {str(k): v for k, v in (scene.label_names or {}).items()},
         "normalization": scene.normalization.tolist(),
     }
@@ -184,8 +177,8 @@ def train_run(
         atomic_write_text(paths.run_json, json.dumps(info, indent=2))
         paths.log.unlink(missing_ok=True)
 
-    joint = config.mode == "joint" and teacher is not None
-    with torch.random.fork_rng(devices=[]):
+    joint = config.mode == "joint" and bool(blocks)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         state = new_state(init, config, extent, feature_dim=d if joint else 0, teacher_dim=D)
         strategy = make_strategy(config)
@@ -203,24 +196,43 @@ def train_run(
 
             train_loop(
                 state, strategy, cams, images, config, extent=extent,
-                teacher_map=(lambda i: cache.load(names[i])) if joint else None,
+                teacher_maps=joint_targets(blocks, names) if joint else None,
                 save_checkpoint=lambda s: save_checkpoint(paths.checkpoint, s),
                 log=log, progress=progress,
             )
 
     g = state.gaussians().detach()
     distill = None
-    if teacher is not None and config.mode == "solve":
-        sizes = [tuple(cache.load(n).shape[-2:]) for n in names]
-        result = solve_features(g, cams, [lambda n=n: cache.load(n) for n in names], sizes, config.solve,
-                                feature_dim=config.feature_dim, progress=progress)
+    if blocks and config.mode == "solve":
+        result = solve_blocks(g, cams, names, blocks, config.solve, config.feature_dim, progress)
         g = g.with_features(result.features, result.decoder)
         distill = result.stats
-    save_ply(paths.ply, g)
+    save_ply(paths.ply, g.to("cpu"))
     info.update(status="done", num_gaussians=len(g), steps=state.step, feature_dim=g.feature_dim,
                 output_feature_dim=g.output_feature_dim, distill=distill)
     atomic_write_text(paths.run_json, json.dumps(info, indent=2))
     return info
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FeatgsError("--device cuda: no CUDA GPU here; use --device cpu")
+    return torch.device(name)
+
+
+def _teacher_summary(blocks) -> Optional[dict]:
+    """run.json's "teacher": the one teacher as before "teachers" existed; several are summed up
+    (names and model ids joined by commas, the total dim)."""
+    if not blocks:
+        return None
+    if len(blocks) == 1:
+        b = blocks[0]
+        return {"name": b.teacher.name, "model_id": b.teacher.model_id, "dim": b.dim, "cache": str(b.cache.folder)}
+    return {"name": ",".join(b.teacher.name for b in blocks), "model_id": ",".join(b.teacher.model_id for b in blocks),
+            "dim": sum(b.dim for b in blocks), "cache": None}
 
 
 def _truncate_log(path: Path, step: int) -> None:

@@ -27,6 +27,7 @@ from featgs.camera import Camera
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians, LinearDecoder
 from featgs.render import render
+from featgs.teachers.pca import flat_map, teacher_pca
 
 TeacherMap = Callable[[], Tensor]  # () -> [D, h, w]
 
@@ -96,7 +97,7 @@ def collect_weights(gaussians: Gaussians, cameras: Sequence[Camera], top_k: int,
         w = out.topk_weights.reshape(-1, top_k).float()
         p = ids.shape[0]
         valid = ids >= 0
-        r = torch.arange(p)[:, None].expand_as(ids)[valid]
+        r = torch.arange(p, device=ids.device)[:, None].expand_as(ids)[valid]
         c, v = ids[valid], w[valid]
         rows.append(r + offset)
         cols.append(c)
@@ -111,36 +112,6 @@ def collect_weights(gaussians: Gaussians, cameras: Sequence[Camera], top_k: int,
     W = _csr(idx, val, (offset, n))
     Wt = _csr(idx.flip(0), val, (n, offset))
     return WeightMatrix(W=W, Wt=Wt, view_rows=view_rows, view_blocks=blocks, mass_kept=kept / max(total, 1e-12))
-
-
-def _flat(teacher_map: Tensor) -> Tensor:
-    """[D, h, w] -> [h*w, D] float32, rejecting non-finite values."""
-    t = teacher_map.float()
-    if not torch.isfinite(t).all():
-        raise FeatgsError("teacher map contains NaN or Inf; rebuild the feature cache")
-    return t.reshape(t.shape[0], -1).T
-
-
-@torch.no_grad()
-def teacher_pca(maps: Sequence[TeacherMap], dim: int, *, progress: bool = True) -> Tuple[Tensor, Tensor, float]:
-    """Top-``dim`` principal basis of the teacher features over all views, streamed.
-
-    Returns:
-        basis [D, dim] (orthonormal columns), mean [D], and the share of variance kept.
-    """
-    s = ss = None
-    count = 0
-    for load in tqdm(maps, desc="teacher PCA", unit="view", disable=not progress, leave=False):
-        t = _flat(load()).double()
-        s = t.sum(0) if s is None else s + t.sum(0)
-        ss = t.T @ t if ss is None else ss + t.T @ t
-        count += t.shape[0]
-    mean = s / count
-    cov = ss / count - torch.outer(mean, mean)
-    evals, evecs = torch.linalg.eigh(cov)
-    order = torch.argsort(evals, descending=True)[:dim]
-    kept = float(evals[order].clamp_min(0).sum() / evals.clamp_min(0).sum().clamp_min(1e-30))
-    return evecs[:, order].float(), mean.float(), kept
 
 
 @torch.no_grad()
@@ -178,16 +149,17 @@ def solve_features(
     Wm = collect_weights(gaussians, cams, config.top_k, progress=progress)
 
     def target(i: int) -> Tensor:
-        t = _flat(maps[i]())
+        t = flat_map(maps[i]()).to(dev)
         if t.shape[0] != Wm.view_rows[i][1] - Wm.view_rows[i][0] or t.shape[1] != D:
             raise FeatgsError(f"solve: teacher map {i} is not [{D}, {sizes[i][0]}, {sizes[i][1]}]")
         return t if basis is None else (t - mean) @ basis
 
     n = Wm.num_gaussians
-    b = torch.zeros(n, d)
+    dev = Wm.W.device
+    b = torch.zeros(n, d, device=dev)
     for i, block in enumerate(tqdm(Wm.view_blocks, desc="W^T T", unit="view", disable=not progress, leave=False)):
         b += block @ target(i)
-    ones = torch.ones(Wm.W.shape[0], 1)
+    ones = torch.ones(Wm.W.shape[0], 1, device=dev)
     seen = (Wm.Wt @ ones).squeeze(1)  # sum_p w_i(p)
     diag = (_square(Wm.Wt) @ ones).squeeze(1)  # sum_p w_i(p)^2
     lam = config.reg * float(diag[diag > 0].mean()) if (diag > 0).any() else 1.0

@@ -10,10 +10,9 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -21,7 +20,7 @@ from featgs.camera import Camera
 from featgs.gaussians import Gaussians, LinearDecoder
 from featgs.render import render
 from featgs.train.config import TrainConfig
-from featgs.train.losses import photometric_loss, psnr
+from featgs.train.losses import feature_l1, photometric_loss, psnr
 
 PARAM_LRS = {
     "means": "lr_means",
@@ -69,7 +68,7 @@ def new_state(init: Gaussians, config: TrainConfig, extent: float, feature_dim: 
     """Parameters and optimisers for a fresh run; joint mode adds features (and a decoder)."""
     tensors = {name: getattr(init, name) for name in Gaussians.PARAM_NAMES if name != "features"}
     if config.mode == "joint" and feature_dim > 0:
-        tensors["features"] = torch.zeros(len(init), feature_dim)
+        tensors["features"] = torch.zeros(len(init), feature_dim, device=init.device)
     params = torch.nn.ParameterDict({k: torch.nn.Parameter(v.detach().clone().float()) for k, v in tensors.items()})
     optimizers = {}
     for name, p in params.items():
@@ -80,7 +79,8 @@ def new_state(init: Gaussians, config: TrainConfig, extent: float, feature_dim: 
     if config.mode == "joint" and 0 < feature_dim < teacher_dim:
         gen = torch.Generator().manual_seed(config.seed + 17)
         w = torch.randn(teacher_dim, feature_dim, generator=gen) / math.sqrt(feature_dim)
-        decoder = torch.nn.ParameterDict({"weight": torch.nn.Parameter(w), "bias": torch.nn.Parameter(torch.zeros(teacher_dim))})
+        decoder = torch.nn.ParameterDict({"weight": torch.nn.Parameter(w.to(init.device)),
+                                          "bias": torch.nn.Parameter(torch.zeros(teacher_dim, device=init.device))})
         dec_opt = torch.optim.Adam(decoder.parameters(), lr=config.lr_decoder)
     return TrainState(step=0, params=params, optimizers=optimizers, strategy_state={}, decoder=decoder, decoder_optimizer=dec_opt)
 
@@ -158,7 +158,7 @@ def train_loop(
     config: TrainConfig,
     *,
     extent: float,
-    teacher_map: Optional[Callable[[int], Tensor]] = None,
+    teacher_maps: Optional[Callable[[int], Sequence[Tuple[Tuple[int, int], Tensor]]]] = None,
     save_checkpoint: Callable[[TrainState], None],
     log: Callable[[dict], None],
     progress: bool = True,
@@ -167,13 +167,14 @@ def train_loop(
 
     Args:
         cameras, images: training views, images [H, W, 3] in 0..1.
-        teacher_map: joint mode: view index -> teacher map [D, h, w].
+        teacher_maps: joint mode: view index -> [(channels [start, end) of the rendered
+            features, that teacher's map [D_t, h, w])], one pair per teacher.
         save_checkpoint: called every ``checkpoint_every`` steps, at the end, and on Ctrl-C.
         log: receives a dict of loss, PSNR, Gaussian count every 10 steps.
     Raises:
         Interrupted: after Ctrl-C, once the checkpoint is written.
     """
-    joint = teacher_map is not None
+    joint = teacher_maps is not None
     n_views = len(cameras)
     lr0 = config.lr_means * extent
     bar = tqdm(total=config.iters, initial=state.step, desc=f"train ({config.mode})", unit="step",
@@ -197,11 +198,7 @@ def train_loop(
             loss = photometric_loss(out.rgb, images[i], config.ssim_weight)
             feat_loss = None
             if joint:
-                target = teacher_map(i).float()
-                pred = out.features.permute(2, 0, 1)[None]
-                if pred.shape[-2:] != target.shape[-2:]:
-                    pred = F.interpolate(pred, size=target.shape[-2:], mode="bilinear", align_corners=False)
-                feat_loss = (pred[0] - target).abs().mean()
+                feat_loss = feature_l1(out.features, teacher_maps(i))
                 loss = loss + config.feature_weight * feat_loss
             strategy.step_pre_backward(state.params, state.optimizers, state.strategy_state, step, out.info)
             loss.backward()
