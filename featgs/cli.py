@@ -22,7 +22,9 @@ COMMAND_MODULES = [
     "featgs.commands.scene",
     "featgs.commands.data",
     "featgs.commands.train",
+    "featgs.commands.features",
     "featgs.commands.demo",
+    "featgs.commands.view",
 ]
 
 

@@ -64,7 +64,7 @@ def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tiny, tmp_path):
     while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert "--resume" in out and (tmp_path / "a" / "checkpoint.pt").exists()
     assert not (tmp_path / "a" / "point_cloud.ply").exists()

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from featgs.configargs import add_config_arguments, config_from_args
+from featgs.teachers.options import TeacherOptions
 from featgs.train.config import TrainConfig
 from featgs.train.solve import SolveConfig
 
@@ -19,6 +20,11 @@ features alongside the geometry with a feature L1 loss, as Feature 3DGS does.
 
 DATA is a dataset folder: transforms.json (nerfstudio / instant-ngp), transforms_train.json
 (NeRF-synthetic) or sparse/ (COLMAP); `featgs scene make` writes one.
+
+Teachers: 'labels' (scenes with per-pixel labels), 'sam' (Segment Anything's image embedding,
+--sam-checkpoint), 'clip' (dense MaskCLIP features, --clip-model and --clip-checkpoint), or
+several at once ('sam,clip'): each owns a block of the rendered channels, in the order given.
+Checkpoints are local files; nothing is downloaded.
 """
 
 TRAIN_EPILOG = """\
@@ -26,6 +32,8 @@ examples:
   featgs train scenes/tabletop --out runs/tabletop
   featgs train scenes/tabletop --out runs/joint --mode joint --feature-dim 16 --iters 3000
   featgs train scenes/tabletop --out runs/tabletop --resume          # after Ctrl-C
+  featgs train scenes/tabletop --out runs/sam-clip --teacher sam,clip --feature-dim 32 \
+      --sam-checkpoint sam_vit_b_01ec64.pth --clip-model ViT-B-16 --clip-checkpoint open_clip_model.safetensors
 """
 
 
@@ -38,6 +46,7 @@ def register(subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(p, TrainConfig, title="training options")
     add_config_arguments(p, SolveConfig, title="solve options (mode 'solve')")
+    add_config_arguments(p, TeacherOptions, title="teacher options (--teacher sam / clip)")
     p.set_defaults(func=run_train)
 
     e = subparsers.add_parser("eval", help="evaluate a run on its test views",
@@ -55,7 +64,8 @@ def register(subparsers) -> None:
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     solve = config_from_args(SolveConfig, args)
-    return config_from_args(TrainConfig, args, solve=solve)
+    options = config_from_args(TeacherOptions, args)
+    return config_from_args(TrainConfig, args, solve=solve, teacher_options=options)
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from featgs.errors import FeatgsError
@@ -64,3 +65,10 @@ class Teacher(abc.ABC):
         Only language-aligned teachers implement it; the others raise :class:`FeatgsError`.
         """
         raise FeatgsError(f"teacher {self.name!r} is not language-aligned: it cannot embed text queries")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """Where a teacher's model runs: "auto" is the GPU if there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -60,13 +60,15 @@ class FeatureCache:
     """The maps of one teacher for the images of one data folder.
 
     Args:
-        root: the scene's data folder; the cache lives in ``root/features/<teacher_name>``.
+        root: the scene's data folder; the cache lives in ``root/features/<folder>``.
         teacher_name: the registry name of the teacher whose maps these are.
+        folder: the cache folder's name (default: ``teacher_name``; e.g. "labels@2x" for maps
+            of images downscaled by 2).
     """
 
-    def __init__(self, root: str | Path, teacher_name: str):
+    def __init__(self, root: str | Path, teacher_name: str, folder: Optional[str] = None):
         self.teacher_name = teacher_name
-        self.folder = Path(root) / "features" / teacher_name
+        self.folder = Path(root) / "features" / (folder or teacher_name)
 
     @property
     def meta(self) -> Optional[dict[str, Any]]:
