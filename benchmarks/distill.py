@@ -35,7 +35,7 @@ from featgs.gaussians import LinearDecoder  # noqa: E402
 from featgs.render import render  # noqa: E402
 from featgs.train import SolveConfig, TrainConfig  # noqa: E402
 from featgs.train.evaluate import evaluate_gaussians, make_judge  # noqa: E402
-from featgs.train.run import build_cache, load_run_gaussians, train_run  # noqa: E402
+from featgs.train.run import build_cache, load_run_gaussians, resolve_device, train_run  # noqa: E402
 from featgs.train.solve import solve_features  # noqa: E402
 
 
@@ -44,9 +44,10 @@ def joint_features(g, cams, load_map, *, dim: int, steps: int, lr: float, lr_dec
     """Adam on features [N, d] and a decoder d -> D, geometry frozen; returns the curve."""
     gen = torch.Generator().manual_seed(seed)
     D = load_map(0).shape[0]
-    feats = torch.zeros(len(g), dim, requires_grad=True)
-    weight = (torch.randn(D, dim, generator=gen) / math.sqrt(dim)).requires_grad_(True)
-    bias = torch.zeros(D, requires_grad=True)
+    dev = g.device
+    feats = torch.zeros(len(g), dim, device=dev, requires_grad=True)
+    weight = (torch.randn(D, dim, generator=gen) / math.sqrt(dim)).to(dev).requires_grad_(True)
+    bias = torch.zeros(D, device=dev, requires_grad=True)
     opt = torch.optim.Adam([{"params": [feats], "lr": lr}, {"params": [weight, bias], "lr": lr_decoder}], eps=1e-15)
     geometry = g.detach()
     curve, trained = [], 0.0
@@ -54,11 +55,13 @@ def joint_features(g, cams, load_map, *, dim: int, steps: int, lr: float, lr_dec
         t0 = time.perf_counter()
         i = int(torch.randint(len(cams), (1,), generator=gen))
         out = render(geometry.with_features(feats, LinearDecoder(weight, bias)), cams[i])
-        target = load_map(i).float()
+        target = load_map(i).to(dev).float()
         loss = (out.features.permute(2, 0, 1) - target).abs().mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
         trained += time.perf_counter() - t0
         if step % eval_every == 0 or step == steps:
             dec = LinearDecoder(weight.detach(), bias.detach())
@@ -86,6 +89,7 @@ def main() -> None:
     ap.add_argument("--joint-lr", type=float, default=TrainConfig.lr_features)
     ap.add_argument("--joint-lr-decoder", type=float, default=TrainConfig.lr_decoder)
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temporary one)")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train and distil")
     args = ap.parse_args()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="featgs-distill-"))
@@ -95,10 +99,11 @@ def main() -> None:
         make_scene(path.read_text(), str(path), data, MakeConfig(size=args.size, points=20_000))
     if not (run / "point_cloud.ply").exists():
         t0 = time.perf_counter()
-        train_run(data, run, TrainConfig(iters=args.geometry_iters, teacher="none"), progress=False)
+        train_run(data, run, TrainConfig(iters=args.geometry_iters, teacher="none", device=args.device), progress=False)
         print(f"geometry: {args.geometry_iters} steps in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     scene = load_scene(data)
-    g = load_run_gaussians(run)
+    device = resolve_device(args.device)
+    g = load_run_gaussians(run).to(device)
     from featgs.train.run import _teacher_for
 
     teacher = _teacher_for("labels", scene)
@@ -110,10 +115,14 @@ def main() -> None:
     def evaluate(gs):
         return evaluate_gaussians(gs, scene.test, judge, progress=False)
 
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     res = solve_features(g, cams, [lambda n=n: cache.load(n) for n in names],
                          [tuple(cache.load(n).shape[-2:]) for n in names], SolveConfig(),
                          feature_dim=args.feature_dim, progress=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     solve_s = time.perf_counter() - t0
     ms = evaluate(g.with_features(res.features, res.decoder))
     print(f"  solve: {solve_s:.1f} s, mIoU {ms['miou']:.4f}, cosine {ms['feature_cosine']:.4f}", file=sys.stderr)
@@ -136,7 +145,6 @@ def main() -> None:
          "-" if near_solve is None else f"{near_solve['feature_cosine']:.4f}",
          "-" if near_solve is None else f"step {near_solve['step']}"],
     ]
-    device = torch.device("cpu")
     header = (f"distillation on tabletop {args.size}^2, {len(g)} Gaussians, {len(cams)} train / {len(scene.test)} test "
               f"views, labels teacher 384-D -> {args.feature_dim}-D + decoder; {device_name(device)}")
     print(header)

@@ -152,7 +152,7 @@ def solve_features(
         t = flat_map(maps[i]()).to(dev)
         if t.shape[0] != Wm.view_rows[i][1] - Wm.view_rows[i][0] or t.shape[1] != D:
             raise FeatgsError(f"solve: teacher map {i} is not [{D}, {sizes[i][0]}, {sizes[i][1]}]")
-        return t if basis is None else (t - mean) @ basis
+        return t if basis is None else (t - mean.to(dev)) @ basis.to(dev)
 
     n = Wm.num_gaussians
     dev = Wm.W.device
@@ -193,7 +193,7 @@ def solve_features(
         rz = rz_new
     else:
         it = config.cg_iters
-    decoder = None if basis is None else LinearDecoder(weight=basis.contiguous(), bias=mean)
+    decoder = None if basis is None else LinearDecoder(weight=basis.contiguous().to(dev), bias=mean.to(dev))
     stats = {
         "feature_dim": d,
         "teacher_dim": D,
