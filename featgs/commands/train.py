@@ -33,7 +33,7 @@ examples:
   featgs train scenes/tabletop --out runs/joint --mode joint --feature-dim 16 --iters 3000
   featgs train scenes/tabletop --out runs/tabletop --resume          # after Ctrl-C
   featgs train scenes/tabletop --out runs/sam-clip --teacher sam,clip --feature-dim 32 \
-      --sam-checkpoint sam_vit_b_01ec64.pth --clip-model ViT-B-16 --clip-checkpoint open_clip_model.safetensors
+      --sam-checkpoint sam_vit_b_01ec64.pth --clip-model ViT-B-16 --clip-checkpoint clip/open_clip_model.safetensors
 """
 
 

@@ -43,6 +43,11 @@ class Teacher(abc.ABC):
         """
         return self.model_id
 
+    def prepare(self) -> None:
+        """Load the model now, so that a checkpoint that does not fit fails before any work
+        (the feature cache calls it before replacing maps). Teachers without weights to load
+        need not override it."""
+
     @abc.abstractmethod
     def resolution_for(self, width: int, height: int) -> tuple[int, int]:
         """(h, w) of the map :meth:`encode_view` returns for an image of this size."""

@@ -89,10 +89,12 @@ class FeatureCache:
         """Make the cache hold ``teacher``'s map of every item; returns how many were computed.
 
         Maps already on disk for this teacher are reused; maps of another teacher (or model,
-        label names, dimension) are removed first.
+        label names, dimension) are removed, once the teacher has loaded its model
+        (:meth:`Teacher.prepare`): a checkpoint that does not load leaves the cache as it was.
 
         Raises:
-            FeatgsError: duplicate or unusable item names, or a map with NaN/Inf values.
+            FeatgsError: duplicate or unusable item names, a model that does not load, or a map
+                with NaN/Inf values.
         """
         if teacher.name != self.teacher_name:
             raise ValueError(f"cache of teacher {self.teacher_name!r} was given teacher {teacher.name!r}")
@@ -100,10 +102,14 @@ class FeatureCache:
         identity = _identity(teacher)
         meta = self.meta
         meta_ok = meta is not None and _identity_of(meta) == identity
-        done = self._prune(identity)
+        done, stale = self._scan(identity)
         todo = [item for item in items if item.name not in done]
-        if not todo and meta_ok and meta.get("images") == done:
+        if not todo and not stale and meta_ok and meta.get("images") == done:
             return 0
+        if todo:
+            teacher.prepare()
+        for path in stale:
+            path.unlink()
         # No meta while maps are being written: an interruption leaves the cache incomplete.
         (self.folder / META).unlink(missing_ok=True)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -141,18 +147,17 @@ class FeatureCache:
         except FileNotFoundError:
             raise FeatgsError(f"{path}: no cached {self.teacher_name!r} features for image {name!r}") from None
 
-    def _prune(self, identity: dict[str, Any]) -> dict[str, list[int]]:
-        """Delete files that are not complete maps of this identity; the rest: name -> [h, w]."""
-        for tmp in self.folder.glob(".*.tmp"):  # left by a killed atomic write
-            tmp.unlink(missing_ok=True)
-        kept = {}
+    def _scan(self, identity: dict[str, Any]) -> tuple[dict[str, list[int]], list[Path]]:
+        """(name -> [h, w] of the complete maps of this identity, the other files to remove:
+        maps of other identities, incomplete maps, temporary files of killed writes)."""
+        kept, stale = {}, list(self.folder.glob(".*.tmp"))
         for path in sorted(self.folder.glob(f"*{SUFFIX}")):
             shape = _complete_map_shape(path, _as_strings(identity))
             if shape is None:
-                path.unlink()
+                stale.append(path)
             else:
                 kept[path.name[: -len(SUFFIX)]] = shape
-        return kept
+        return kept, stale
 
 
 def _identity(teacher: Teacher) -> dict[str, Any]:

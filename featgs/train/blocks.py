@@ -103,7 +103,8 @@ def stored_dims(blocks: Sequence[TeacherBlock], feature_dim: Optional[int]) -> L
     return [b.dim if feature_dim is None else min(feature_dim, b.dim) for b in blocks]
 
 
-def joint_targets(blocks: Sequence[TeacherBlock], names: Sequence[str]) -> Callable[[int], List[Tuple[Channels, Tensor]]]:
+def joint_targets(blocks: Sequence[TeacherBlock],
+                  names: Sequence[str]) -> Callable[[int], List[Tuple[Channels, Tensor]]]:
     """View index -> [(channels, teacher map [D_t, h_t, w_t])] for the joint feature loss."""
     return lambda i: [(b.channels, b.cache.load(names[i])) for b in blocks]
 

@@ -1,0 +1,111 @@
+"""Turning rendered maps into the pictures the browser shows (uint8 [H, W, 3] arrays)."""
+
+from __future__ import annotations
+
+import html
+from typing import Optional, Sequence
+
+import numpy as np
+
+# Stops of a perceptual blue -> green -> yellow -> red ramp (turbo-like), for depth and heat.
+_RAMP = np.array([
+    [48, 18, 59], [70, 107, 227], [40, 187, 236], [50, 241, 152],
+    [164, 252, 60], [237, 208, 58], [250, 128, 35], [210, 48, 6], [122, 4, 3],
+], dtype=np.float32)
+
+HIGHLIGHT = (255, 64, 200)  # selected Gaussians: a magenta no scene object has
+MASK = (0, 230, 255)  # a prompt's 2D mask: cyan
+
+
+def colormap(x: np.ndarray) -> np.ndarray:
+    """[...] values in 0..1 -> [..., 3] uint8 on the ramp (NaN -> black)."""
+    x = np.asarray(x, dtype=np.float32)
+    bad = ~np.isfinite(x)
+    t = np.clip(np.where(bad, 0.0, x), 0.0, 1.0) * (len(_RAMP) - 1)
+    i = np.minimum(t.astype(np.int64), len(_RAMP) - 2)
+    f = (t - i)[..., None]
+    out = _RAMP[i] * (1.0 - f) + _RAMP[i + 1] * f
+    out[bad] = 0.0
+    return (out + 0.5).astype(np.uint8)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """[H, W, 3] float 0..1 -> uint8."""
+    return (np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def depth_image(depth: np.ndarray, alpha: Optional[np.ndarray] = None) -> np.ndarray:
+    """Expected depth [H, W] -> colours, near = warm, far = cool, empty pixels black.
+
+    The range is the 2nd..98th percentile of the covered pixels, so one far splat does not
+    flatten the picture.
+    """
+    d = np.asarray(depth, dtype=np.float32).reshape(depth.shape[0], depth.shape[1])
+    ok = np.isfinite(d) & (d > 0)
+    if alpha is not None:
+        ok &= np.asarray(alpha).reshape(d.shape) > 0.05
+    if not ok.any():
+        return np.zeros(d.shape + (3,), np.uint8)
+    lo, hi = np.percentile(d[ok], [2.0, 98.0])
+    x = 1.0 - (d - lo) / max(float(hi - lo), 1e-8)
+    out = colormap(x)
+    out[~ok] = 0
+    return out
+
+
+def grey(rgb: np.ndarray, keep: float = 0.35) -> np.ndarray:
+    """Desaturate and darken a uint8 picture, so an overlay stands out on it."""
+    f = rgb.astype(np.float32)
+    lum = f @ np.array([0.299, 0.587, 0.114], np.float32)
+    out = 0.6 * (keep * f + (1.0 - keep) * lum[..., None])
+    return (out + 0.5).astype(np.uint8)
+
+
+def heat_overlay(rgb: np.ndarray, score: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``score`` [H, W] on a greyed ``rgb``: opaque ramp colour from ``lo`` up, fading in below."""
+    s = np.asarray(score, dtype=np.float32).reshape(rgb.shape[:2])
+    a = np.clip((s - lo) / max(hi - lo, 1e-8), 0.0, 1.0)[..., None]
+    col = colormap(0.45 + 0.4 * a[..., 0]).astype(np.float32)
+    out = grey(rgb).astype(np.float32) * (1.0 - a) + col * a
+    return (out + 0.5).astype(np.uint8)
+
+
+def tint(rgb: np.ndarray, mask: np.ndarray, colour: Sequence[int] = HIGHLIGHT, strength: float = 0.6) -> np.ndarray:
+    """Blend ``colour`` into the pixels where ``mask`` [H, W] (bool or 0..1 weights) holds."""
+    m = np.asarray(mask, dtype=np.float32).reshape(rgb.shape[:2])[..., None] * strength
+    out = rgb.astype(np.float32) * (1.0 - m) + np.asarray(colour, np.float32) * m
+    return (out + 0.5).astype(np.uint8)
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """[H, W] bool: the pixels of ``mask`` with a 4-neighbour outside it."""
+    m = np.asarray(mask, dtype=bool)
+    inner = m.copy()
+    inner[1:] &= m[:-1]
+    inner[:-1] &= m[1:]
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    return m & ~inner
+
+
+def resize_nearest(a: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of the first two axes."""
+    a = np.asarray(a)
+    if a.shape[:2] == (height, width):
+        return a
+    rows = np.minimum((np.arange(height) + 0.5) * a.shape[0] / height, a.shape[0] - 1).astype(np.int64)
+    cols = np.minimum((np.arange(width) + 0.5) * a.shape[1] / width, a.shape[1] - 1).astype(np.int64)
+    return a[rows][:, cols]
+
+
+def legend_html(names: Sequence[str], colours: np.ndarray) -> str:
+    """A colour swatch and a name per label, as HTML for the GUI panel."""
+    rows = []
+    for name, c in zip(names, colours):
+        r, g, b = (int(v) for v in c[:3])
+        rows.append(
+            f'<div style="display:flex;align-items:center;gap:6px;font-size:0.8em;line-height:1.4em">'
+            f'<span style="display:inline-block;width:12px;height:12px;border:1px solid #333;'
+            f'background:rgb({r},{g},{b})"></span>{html.escape(str(name))}</div>'
+        )
+    return '<div style="padding:2px 4px">' + "".join(rows) + "</div>"
