@@ -50,6 +50,9 @@ def small_run(folder: Path) -> Path:
     from featgs.train import TrainConfig
     from featgs.train.run import train_run
 
+    import torch
+
+    torch.set_num_threads(1)  # as `featgs view` does: robust when other programs share the cores
     spec = resolve_scene("tabletop")
     make_scene(spec.read_text(), str(spec), folder / "data", MakeConfig(size=64, views=24, test_views=2))
     train_run(folder / "data", folder / "run", TrainConfig(iters=400, feature_dim=16, refine_start=50, refine_every=50,
@@ -121,6 +124,7 @@ def main() -> int:
                 page.wait_for_selector("text=/frame \\d+ ·/", timeout=120_000)
             time.sleep(2.0)
             rss_start = rss_mib(server.pid)
+            load_start = os.getloadavg()[0]
             threading.Thread(target=sample, daemon=True).start()
             start = [status(p)[0] for p in pages]
             for p in pages:
@@ -138,6 +142,7 @@ def main() -> int:
                 p.mouse.up()
             end = [status(p) for p in pages]
             rss_end = rss_mib(server.pid)
+            load_end = os.getloadavg()[0]
             stop_sampling.set()
             browser.close()
         rates = []
@@ -153,7 +158,7 @@ def main() -> int:
             "frames_per_second": [round(r, 3) for r in rates],
             "server_rss_mib": {"start": round(rss_start, 1), "end": round(rss_end, 1), "peak": round(peak, 1),
                                "growth": round(rss_end - rss_start, 1)},
-            "cpus": os.cpu_count(),
+            "cpus": os.cpu_count(), "load_average_1min": [round(load_start, 2), round(load_end, 2)],
         }
     finally:
         stop_sampling.set()
@@ -170,7 +175,8 @@ def main() -> int:
     if not rows:
         return 1
     print(f"{args.clients} clients orbiting for {payload['seconds']} s; {args.moving_size}px moving / "
-          f"{args.still_size}px still; {os.cpu_count()} CPUs")
+          f"{args.still_size}px still; {os.cpu_count()} CPUs; 1-min load average {payload['load_average_1min'][0]} -> "
+          f"{payload['load_average_1min'][1]} (the browsers run on the same machine)")
     table = print_table(["client", "frames", "frames/s", "last size", "last kind", "last render ms"], rows)
     mem = payload["server_rss_mib"]
     line = (f"server RSS: {mem['start']} MiB after connect, {mem['end']} MiB at the end (growth {mem['growth']} MiB), "

@@ -195,11 +195,11 @@ def test_frames_reject_unknown_mode(two_blobs):
 
 
 def test_images_helpers():
-    assert images.colormap(np.array([0.0, 1.0, np.nan])).shape == (3, 3)
     d = np.ones((4, 4), np.float32)
-    d[0, 0] = 0
-    out = images.depth_image(d)
-    assert out[0, 0].tolist() == [0, 0, 0]
+    a = np.ones((4, 4), np.float32)
+    a[0, 0] = 0
+    out = images.depth_image(d, a)
+    assert out.dtype == np.uint8 and out[0, 0].tolist() == [0, 0, 0] and out[1, 1].sum() > 0
     m = np.zeros((5, 5), bool)
     m[1:4, 1:4] = True
     assert images.outline(m).sum() == 8
@@ -220,3 +220,54 @@ def test_view_help_mentions_prompts(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--port" in out and "Shift+drag" in out
+
+
+def test_fair_slots_serve_waiters_in_order():
+    from featgs.viewer.worker import FairSlots
+
+    slots = FairSlots(1)
+    order, started = [], []
+    slots.__enter__()  # hold the only slot
+
+    def take(i):
+        started.append(i)
+        with slots:
+            order.append(i)
+
+    threads = []
+    for i in range(5):
+        t = threading.Thread(target=take, args=(i,))
+        t.start()
+        threads.append(t)
+        while len(started) <= i:  # queue them one after another
+            time.sleep(0.001)
+        time.sleep(0.02)
+    slots.__exit__(None, None, None)
+    for t in threads:
+        t.join(5)
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_a_run_without_features_offers_colour_and_depth_only(tmp_path):
+    from featgs.data.procedural import MakeConfig, make_scene, resolve_scene
+    from featgs.train import TrainConfig
+    from featgs.train.run import train_run
+    from featgs.viewer import ViewerApp, ViewerConfig
+
+    spec = resolve_scene("tabletop")
+    make_scene(spec.read_text(), str(spec), tmp_path / "data", MakeConfig(size=16, views=4, test_views=1, points=200))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_run(tmp_path / "data", tmp_path / "run", TrainConfig(iters=2, teacher="none"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    app = ViewerApp(tmp_path / "run", ViewerConfig(port=0))
+    assert app.modes == ["RGB", "Depth"]
+    assert not (app.can_query or app.can_prompt or app.can_segment)
+    assert len(app.cameras) == 4  # the training views, shown as frustums
+    field, version = app.scene.snapshot()
+    assert app.feature_colours(field, version) is None
+    path = app.scene.save()
+    assert path == tmp_path / "run" / "edits" / "edited-1.ply" and path.exists()
+    assert main(["view", str(tmp_path / "run"), "--still-size", "8"]) == 2  # bad options: one line, exit 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -36,7 +37,11 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; the next free one if taken; 0: any)")
     p.add_argument("--still-size", type=int, default=256, metavar="PX", help="long side of the resting view in pixels (default 256)")
     p.add_argument("--moving-size", type=int, default=128, metavar="PX", help="long side while the camera moves (default 128)")
-    p.add_argument("--max-renders", type=int, default=2, metavar="N", help="renders at once over all browsers (default 2)")
+    p.add_argument("--max-renders", type=int, default=max(1, min(4, os.cpu_count() or 1)), metavar="N",
+                   help="renders at once over all browsers (default: the CPU count, at most 4)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch CPU threads (default 1: parallel renders of several browsers scale better, and a "
+                        "render does not stall when browsers or other programs take the cores)")
     p.add_argument("--no-cameras", action="store_true", help="do not show the training cameras")
     p.set_defaults(func=run)
 
@@ -46,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
     from featgs.viewer import ViewerApp, ViewerConfig
 
     read_run(args.run)  # a one-line error before anything heavy is imported
+    if args.threads < 1:
+        raise FeatgsError(f"--threads must be >= 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
     config = ViewerConfig(host=args.host, port=args.port, still_size=args.still_size, moving_size=args.moving_size,
                           max_renders=args.max_renders, frustums=not args.no_cameras)
     try:

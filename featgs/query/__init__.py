@@ -1,5 +1,23 @@
-"""Queries on a trained feature field: segmentation by text (more to come: relevancy, prompts, edits)."""
+"""Queries on a trained feature field: language queries, segmentation, prompts, lifting, edits.
 
+- :class:`FeatureField` the entry point (``FeatureField.load(RUN)``)
+- :class:`Selection` a set of Gaussians with its bounding box and centroid
+- edits :class:`Delete`, :class:`Extract`, :class:`Recolor`, :class:`Translate`
+- :class:`QueryConfig`, :class:`PromptConfig`, :class:`CleanConfig` their parameters
+- :class:`MaskDecoder` the hook for a SAM-style decoder on rendered feature maps
+- :func:`segment_features`, :func:`confusion_matrix`, :func:`miou_and_accuracy` (evaluation)
+"""
+
+from featgs.query.clean import CleanConfig
+from featgs.query.edit import Delete, EditOp, Extract, Recolor, Translate
+from featgs.query.field import RENDER_MODES, FeatureField
+from featgs.query.prompt import MaskDecoder, PromptConfig
+from featgs.query.relevancy import DEFAULT_NEGATIVES, QueryConfig
 from featgs.query.segment import confusion_matrix, miou_and_accuracy, segment_features
+from featgs.query.selection import Selection
 
-__all__ = ["confusion_matrix", "miou_and_accuracy", "segment_features"]
+__all__ = [
+    "DEFAULT_NEGATIVES", "RENDER_MODES", "CleanConfig", "Delete", "EditOp", "Extract", "FeatureField", "MaskDecoder",
+    "PromptConfig", "QueryConfig", "Recolor", "Selection", "Translate", "confusion_matrix", "miou_and_accuracy",
+    "segment_features",
+]

@@ -8,6 +8,7 @@ each decoded feature, so the [N, D] decoded table is never materialised.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +37,9 @@ class FeatureSpace:
     norms: Tensor
 
     @classmethod
-    def of(cls, gaussians: Gaussians) -> "FeatureSpace":
-        """The feature space of ``gaussians``; raises when they carry no features."""
+    def of(cls, gaussians: Gaussians, channels: Optional[Tuple[int, int]] = None) -> "FeatureSpace":
+        """The feature space of ``gaussians``, or of decoded channels ``[start, end)`` only
+        (one teacher's block in a run of several); raises when they carry no features."""
         if gaussians.feature_dim == 0:
             raise FeatgsError("this run's Gaussians carry no features (trained with --teacher none?): nothing to query")
         f = gaussians.features.detach().float()
@@ -47,6 +49,11 @@ class FeatureSpace:
             bias = torch.zeros(f.shape[1], dtype=f.dtype, device=f.device)
         else:
             weight, bias = dec.weight.detach().float().to(f.device), dec.bias.detach().float().to(f.device)
+        if channels is not None:
+            start, end = channels
+            if not 0 <= start < end <= weight.shape[0]:
+                raise FeatgsError(f"feature channels {start}..{end} do not fit the {weight.shape[0]} decoded channels")
+            weight, bias = weight[start:end], bias[start:end]
         norms = torch.cat([(blk @ weight.T + bias).norm(dim=1) for blk in f.split(_CHUNK)]) if len(f) else f.new_zeros(0)
         return cls(features=f, weight=weight, bias=bias, norms=norms)
 

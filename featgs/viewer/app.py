@@ -17,6 +17,7 @@ from featgs.viewer.cameras import look_at_point, pose_of, up_direction
 from featgs.viewer.field import FieldAdapter
 from featgs.viewer.session import ClientSession
 from featgs.viewer.state import SharedScene
+from featgs.viewer.worker import FairSlots
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class ViewerApp:
         self.adapter = adapter or FieldAdapter()
         field = self.adapter.load(self.run_dir)
         self.scene = SharedScene(field, self.run_dir, save=self.adapter.save, max_undo=10)
-        self.cameras = self.adapter.training_cameras(self.run_dir)
+        self.cameras = self.adapter.training_cameras(field)
         g = self.adapter.gaussians(field)
         self.can_query = self.adapter.can_query(field)
         self.can_prompt = self.adapter.can_prompt(field)
@@ -98,7 +99,7 @@ class ViewerApp:
                       or (m == "Features (PCA)" and g.feature_dim > 0)
                       or (m == "Relevancy" and self.can_query)
                       or (m == "Segmentation" and self.can_segment)]
-        self.render_slots = threading.BoundedSemaphore(config.max_renders)
+        self.render_slots = FairSlots(config.max_renders)
         self._sessions: Dict[int, ClientSession] = {}
         self._sessions_lock = threading.Lock()
         self._colours_lock = threading.Lock()

@@ -1,15 +1,17 @@
-"""What the viewer asks of a feature field, in one place.
+"""The viewer's calls into :class:`featgs.query.FeatureField`, in one place.
 
-Queries, prompts, segmentation and edits are :class:`featgs.query.FeatureField`'s job; the
-viewer only calls them (through :class:`FieldAdapter`) and draws the results. Where the
-package has no FeatureField (or a run has no features), the viewer still shows colour and
-depth, and the widgets that need more are disabled.
+Queries, prompts, segmentation, edits and saving are the field's job; the viewer only calls
+them and draws the results. A FeatureField is not thread-safe (its text cache and the text
+encoder's tokenizer are shared state), so every call here holds one lock: browsers that query
+or prompt at the same moment take turns. Plain colour renders do not go through the field and
+run in parallel.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
-from typing import Any, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from torch import Tensor
@@ -17,108 +19,82 @@ from torch import Tensor
 from featgs.camera import Camera
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians
+from featgs.query import Delete, Extract, FeatureField, QueryConfig, Recolor, Selection
 
-
-@runtime_checkable
-class ViewerField(Protocol):
-    """The narrow part of :class:`featgs.query.FeatureField` the viewer uses."""
-
-    @property
-    def gaussians(self) -> Gaussians: ...
-
-    def query(self, text: str, *, threshold: Optional[float] = None) -> Any: ...
-
-    def prompt(self, camera: Camera, points: Any = None, point_labels: Any = None, box: Any = None) -> Tuple[Tensor, Any]: ...
-
-    def edit(self, selection: Any, op: str, **kwargs: Any) -> Any: ...
-
-    def save(self, path: Path) -> None: ...
-
-
-def _feature_field_class():
-    try:
-        from featgs.query import FeatureField  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return FeatureField
-
-
-class _PlainField:
-    """A run's Gaussians when no FeatureField is available: colour, depth and features only."""
-
-    def __init__(self, gaussians: Gaussians) -> None:
-        self.gaussians = gaussians
-
-    def save(self, path: Path) -> None:
-        from featgs.gaussians import save_ply
-
-        save_ply(path, self.gaussians)
+EDITS = ("delete", "extract", "recolour")
 
 
 class FieldAdapter:
-    """The viewer's calls into the field (one adapter per viewer; stateless)."""
+    """What the viewer asks of a field (one adapter per viewer)."""
 
-    # -- loading ------------------------------------------------------------------------------
-    def load(self, run_dir: Path) -> Any:
-        cls = _feature_field_class()
-        if cls is not None:
-            return cls.load(run_dir)
-        from featgs.train.run import load_run_gaussians
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
 
-        return _PlainField(load_run_gaussians(run_dir))
+    # -- loading and facts --------------------------------------------------------------------
+    def load(self, run_dir: Path) -> FeatureField:
+        return FeatureField.load(run_dir)
 
-    def training_cameras(self, run_dir: Path) -> List[Camera]:
-        """The run's training cameras (its data folder's train views), or [] if the data is gone."""
-        from featgs.train.config import TrainConfig
-        from featgs.train.run import read_run
+    def training_cameras(self, field: FeatureField) -> List[Camera]:
+        """The run's training cameras ([] when its data folder is gone)."""
+        return list(field.train_cameras)
 
-        info = read_run(run_dir)
-        data = Path(info.get("data", ""))
-        if not info.get("data") or not data.exists():
-            return []
-        try:
-            from featgs.data import load_scene
-
-            config = TrainConfig.from_dict(info["config"])
-            scene = load_scene(data, downscale=config.downscale)
-        except (FeatgsError, KeyError, TypeError, ValueError):
-            return []
-        return [v.camera for v in scene.train]
-
-    # -- what the field can do ----------------------------------------------------------------
-    def gaussians(self, field: Any) -> Gaussians:
+    def gaussians(self, field: FeatureField) -> Gaussians:
         return field.gaussians
 
-    def label_names(self, field: Any) -> Sequence[str]:
-        return list(getattr(field, "label_names", None) or [])
+    def label_names(self, field: FeatureField) -> Sequence[str]:
+        return list(field.label_names)
 
-    def can_query(self, field: Any) -> bool:
-        return not isinstance(field, _PlainField) and field.gaussians.feature_dim > 0
+    def can_query(self, field: FeatureField) -> bool:
+        return field.encoder is not None and field.gaussians.feature_dim > 0
 
-    def can_prompt(self, field: Any) -> bool:
-        return self.can_query(field)
+    def can_prompt(self, field: FeatureField) -> bool:
+        return field.gaussians.feature_dim > 0
 
-    def can_segment(self, field: Any) -> bool:
-        return self.can_query(field) and bool(self.label_names(field))
+    def can_segment(self, field: FeatureField) -> bool:
+        return self.can_query(field) and bool(field.label_names)
 
-    def can_edit(self, field: Any) -> bool:
-        return not isinstance(field, _PlainField)
+    def can_edit(self, field: FeatureField) -> bool:
+        return True
 
     # -- calls ---------------------------------------------------------------------------------
-    def query(self, field: Any, text: str, threshold: float) -> Tuple[Any, Tensor, Tuple[float, float]]:
-        """(selection, per-Gaussian relevancy [N], (lo, hi) range for the heat ramp)."""
-        raise FeatgsError("language queries need featgs.query.FeatureField")
+    def query(self, field: FeatureField, text: str, threshold: float) -> Tuple[Selection, Tensor, Tuple[float, float]]:
+        """(selection, per-Gaussian relevancy [N], (lo, hi) of the heat ramp).
 
-    def prompt(self, field: Any, camera: Camera, *, point=None, box=None) -> Tuple[np.ndarray, Any]:
+        The ramp is the field's own: 0.5 (no better than the negative phrases) to 1.
+        """
+        with self._lock:
+            selection = field.query(text, config=QueryConfig(threshold=threshold))
+            relevancy = field.relevancy(text)
+        return selection, relevancy, (0.5, 1.0)
+
+    def prompt(self, field: FeatureField, camera: Camera, *, point: Optional[Sequence[float]] = None,
+               box: Optional[Sequence[float]] = None) -> Tuple[np.ndarray, Selection]:
         """(mask [H, W] bool at ``camera``, selection) of a point (x, y) or a box (x0, y0, x1, y1) in pixels."""
-        raise FeatgsError("prompts need featgs.query.FeatureField")
+        points = None
+        if point is not None:  # a click on the canvas's last pixel row/column is still inside the view
+            points = [[min(float(point[0]), camera.width - 1e-3), min(float(point[1]), camera.height - 1e-3)]]
+        with self._lock:
+            mask, selection = field.prompt(camera, points=points, box=None if box is None else list(box))
+        return np.asarray(mask.cpu().numpy(), dtype=bool), selection
 
-    def segment(self, field: Any, camera: Camera) -> Tensor:
-        """[H, W] int64 index into :meth:`label_names` (-1: none)."""
-        raise FeatgsError("segmentation needs featgs.query.FeatureField")
+    def segment(self, field: FeatureField, camera: Camera) -> Tensor:
+        """[H, W] int64 index into :meth:`label_names`."""
+        with self._lock:
+            return field.segment(camera)
 
-    def edit(self, field: Any, selection: Any, op: str, **kwargs) -> Any:
-        raise FeatgsError("edits need featgs.query.FeatureField")
+    def edit(self, field: FeatureField, selection: Selection, op: str,
+             colour: Optional[Tuple[float, float, float]] = None) -> FeatureField:
+        if op == "delete":
+            edit = Delete()
+        elif op == "extract":
+            edit = Extract()
+        elif op == "recolour":
+            edit = Recolor(colour if colour is not None else (1.0, 0.5, 0.0))
+        else:
+            raise FeatgsError(f"unknown edit {op!r}; expected one of {', '.join(EDITS)}")
+        with self._lock:
+            return field.edit(selection, edit)
 
-    def save(self, field: Any, path: Path) -> None:
-        field.save(path)
+    def save(self, field: FeatureField, path: Path) -> None:
+        with self._lock:
+            field.save(path)

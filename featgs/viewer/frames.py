@@ -16,7 +16,7 @@ import torch
 
 from featgs.camera import Camera
 from featgs.gaussians import Gaussians
-from featgs.pictures import palette
+from featgs.pictures import FeaturePCA, palette
 from featgs.render import render
 from featgs.viewer import images
 
@@ -50,30 +50,24 @@ class Frame:
 class FeatureColours:
     """The per-Gaussian feature PCA colours of one field (fitted once, shared by every view).
 
-    The decoder is linear, so projecting the decoded features of each Gaussian onto the top
-    3 principal directions and then rendering the 3 channels gives (up to the background)
-    the projection of the rendered D-dim feature map, at the cost of 3 channels.
+    The fit is :class:`featgs.pictures.FeaturePCA` on the same sample of decoded features
+    that :meth:`featgs.query.FeatureField.render` uses, so the colours match its "features"
+    mode. The decoder is linear, so each Gaussian's projected decoded feature, rendered as 3
+    channels, is (up to the background) the projection of the rendered D-dim map: 3 channels
+    instead of d.
     """
 
     def __init__(self, gaussians: Gaussians, samples: int = 20000) -> None:
         f = gaussians.features.detach().float()
-        gen = torch.Generator().manual_seed(0)
-        pick = torch.randperm(len(f), generator=gen)[:samples]
         dec = gaussians.decoder
         decode = (lambda x: dec(x.float())) if dec is not None else (lambda x: x)
-        sample = decode(f[pick])
-        mean = sample.mean(0)
-        _, _, v = torch.linalg.svd(sample - mean, full_matrices=False)
-        basis = v[:3].T
-        if basis.shape[1] < 3:
-            basis = torch.cat([basis, basis.new_zeros(basis.shape[0], 3 - basis.shape[1])], 1)
-        proj_sample = (sample - mean) @ basis
-        self.lo = torch.quantile(proj_sample, 0.01, dim=0)
-        self.hi = torch.quantile(proj_sample, 0.99, dim=0)
+        pick = torch.randperm(len(f), generator=torch.Generator().manual_seed(0))[:samples]
+        self.pca = FeaturePCA(decode(f[pick]))
+        basis, mean = self.pca.basis, self.pca.mean
         self.per_gaussian = torch.cat([(decode(blk) - mean) @ basis for blk in f.split(1 << 15)]) if len(f) else f.new_zeros(0, 3)
 
     def colour(self, projected: torch.Tensor) -> np.ndarray:
-        x = (projected - self.lo) / (self.hi - self.lo).clamp_min(1e-8)
+        x = (projected - self.pca.lo) / (self.pca.hi - self.pca.lo).clamp_min(1e-8)
         return images.to_uint8(x.clamp(0, 1).numpy())
 
 
@@ -138,7 +132,7 @@ def draw(
             lo, hi = overlay.relevancy_range
             img = images.heat_overlay(rgb, channel(rel_col), lo, hi)
     else:  # Segmentation
-        if segment is None or not label_names:
+        if segment is None or not label_names:  # (no labels: the mode is not offered)
             img = images.grey(rgb)
         else:
             ids = segment(camera).cpu().numpy()

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import html
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
+import torch
 
-# Stops of a perceptual blue -> green -> yellow -> red ramp (turbo-like), for depth and heat.
-_RAMP = np.array([
-    [48, 18, 59], [70, 107, 227], [40, 187, 236], [50, 241, 152],
-    [164, 252, 60], [237, 208, 58], [250, 128, 35], [210, 48, 6], [122, 4, 3],
-], dtype=np.float32)
+from featgs.query.images import depth_to_rgb, heat
 
 HIGHLIGHT = (255, 64, 200)  # selected Gaussians: a magenta no scene object has
 MASK = (0, 230, 255)  # a prompt's 2D mask: cyan
-
-
-def colormap(x: np.ndarray) -> np.ndarray:
-    """[...] values in 0..1 -> [..., 3] uint8 on the ramp (NaN -> black)."""
-    x = np.asarray(x, dtype=np.float32)
-    bad = ~np.isfinite(x)
-    t = np.clip(np.where(bad, 0.0, x), 0.0, 1.0) * (len(_RAMP) - 1)
-    i = np.minimum(t.astype(np.int64), len(_RAMP) - 2)
-    f = (t - i)[..., None]
-    out = _RAMP[i] * (1.0 - f) + _RAMP[i + 1] * f
-    out[bad] = 0.0
-    return (out + 0.5).astype(np.uint8)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -34,23 +19,9 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return (np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def depth_image(depth: np.ndarray, alpha: Optional[np.ndarray] = None) -> np.ndarray:
-    """Expected depth [H, W] -> colours, near = warm, far = cool, empty pixels black.
-
-    The range is the 2nd..98th percentile of the covered pixels, so one far splat does not
-    flatten the picture.
-    """
-    d = np.asarray(depth, dtype=np.float32).reshape(depth.shape[0], depth.shape[1])
-    ok = np.isfinite(d) & (d > 0)
-    if alpha is not None:
-        ok &= np.asarray(alpha).reshape(d.shape) > 0.05
-    if not ok.any():
-        return np.zeros(d.shape + (3,), np.uint8)
-    lo, hi = np.percentile(d[ok], [2.0, 98.0])
-    x = 1.0 - (d - lo) / max(float(hi - lo), 1e-8)
-    out = colormap(x)
-    out[~ok] = 0
-    return out
+def depth_image(depth: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Expected depth [H, W] -> colours (the query package's turbo: near warm, far cool, empty black)."""
+    return to_uint8(depth_to_rgb(torch.as_tensor(depth).float(), torch.as_tensor(alpha).float()).numpy())
 
 
 def grey(rgb: np.ndarray, keep: float = 0.35) -> np.ndarray:
@@ -62,10 +33,11 @@ def grey(rgb: np.ndarray, keep: float = 0.35) -> np.ndarray:
 
 
 def heat_overlay(rgb: np.ndarray, score: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``score`` [H, W] on a greyed ``rgb``: opaque ramp colour from ``lo`` up, fading in below."""
-    s = np.asarray(score, dtype=np.float32).reshape(rgb.shape[:2])
-    a = np.clip((s - lo) / max(hi - lo, 1e-8), 0.0, 1.0)[..., None]
-    col = colormap(0.45 + 0.4 * a[..., 0]).astype(np.float32)
+    """``score`` [H, W] as the query package's heat colours on a greyed ``rgb``: transparent at
+    ``lo`` and below, opaque from halfway to ``hi`` up, so the scene stays readable around it."""
+    s = torch.as_tensor(np.asarray(score, dtype=np.float32).reshape(rgb.shape[:2]))
+    col = heat(s, lo, hi).numpy() * 255.0
+    a = np.clip(2.0 * (s.numpy() - lo) / max(hi - lo, 1e-8), 0.0, 1.0)[..., None]
     out = grey(rgb).astype(np.float32) * (1.0 - a) + col * a
     return (out + 0.5).astype(np.uint8)
 

@@ -45,16 +45,19 @@ class ClientSession:
         self._mask: Optional[np.ndarray] = None
         self._mask_pose: Optional[ViewPose] = None
         self._query_cache: dict = {}
+        self._failed_query: Optional[tuple] = None  # the key of a query that raised: not retried
         self._last_error = ""
         self._closed = False
         self.frames = 0
+        self.last_jump = 0.0  # when a frustum click last moved this camera (monotonic seconds)
         self._build_gui()
         self.worker = RenderWorker(self._render, self._render_failed, still_delay=self.config.still_delay,
                                    slots=app.render_slots, name=f"featgs-render-{client.client_id}")
+        self.query_worker = RenderWorker(self._answer_query, self._query_failed,
+                                         name=f"featgs-render-query-{client.client_id}")
         client.camera.on_update(self._camera_moved)
         client.scene.on_click()(self._guarded(self._clicked))
         client.scene.on_rect_select(modifier="shift")(self._guarded(self._boxed))
-        self.last_jump = 0.0  # when a frustum click last moved this camera (monotonic seconds)
         try:  # viser reports a client once its first camera message came: draw it now
             self._camera_moved(client.camera)
         except AssertionError:  # no camera yet: the first camera message will draw
@@ -63,7 +66,6 @@ class ClientSession:
     # -- GUI --------------------------------------------------------------------------------
     def _build_gui(self) -> None:
         gui, cfg = self.client.gui, self.config
-        field, _ = self.app.scene.snapshot()
         self.status = gui.add_markdown("connecting…")
         with gui.add_folder("View"):
             modes = [m for m in frames.MODES if m in self.app.modes]
@@ -158,19 +160,51 @@ class ClientSession:
             self.request()
 
     # -- queries ----------------------------------------------------------------------------
-    def _query_result(self, field, version: int) -> Optional[Tuple[Any, Any, tuple]]:
-        """(selection, per-Gaussian relevancy, heat range) of the text box, cached per scene version."""
+    def _query_key(self, version: int) -> Optional[tuple]:
         text = self.query.value.strip()
         if not text or not self.app.can_query:
             return None
-        key = (text, round(float(self.threshold.value), 4), version)
+        return (text, round(float(self.threshold.value), 4), version)
+
+    def _query_result(self, field, version: int, *, wait: bool = True) -> Optional[Tuple[Any, Any, tuple]]:
+        """(selection, per-Gaussian relevancy, heat range) of the text box, cached per scene version.
+
+        ``wait=False`` (the render thread): None until the query thread has answered, so the
+        view stays live while a slow query runs; the query thread redraws when it is done.
+        """
+        key = self._query_key(version)
+        if key is None:
+            return None
         with self._lock:
             hit = self._query_cache.get(key)
-        if hit is None:
-            hit = self.app.adapter.query(field, text, float(self.threshold.value))
-            with self._lock:
-                self._query_cache = {key: hit}
+        if hit is None and wait:
+            hit = self._run_query_now(field, key)
+        elif hit is None and key != self._failed_query:
+            self.query_worker.submit(key)
         return hit
+
+    def _run_query_now(self, field, key: tuple):
+        text, threshold, version = key
+        hit = self.app.adapter.query(field, text, threshold)
+        with self._lock:
+            self._query_cache = {key: hit}
+        return hit
+
+    def _answer_query(self, key: tuple, moving: bool) -> None:
+        """The query thread: run the newest query, then redraw with it."""
+        field, version = self.app.scene.snapshot()
+        if self._closed or key != self._query_key(version):
+            return  # superseded by newer text or another edit
+        with self._lock:
+            if key in self._query_cache:
+                return
+        try:
+            self._run_query_now(field, key)
+        except Exception:
+            self._failed_query = key  # one message per failing query, not one per frame
+            raise
+        finally:
+            self.request()
 
     def active_selection(self):
         """(selection, scene version, where it came from) of what an edit would act on."""
@@ -223,10 +257,10 @@ class ClientSession:
             raise FeatgsError("nothing selected: type a query, click an object or Shift+drag a box first")
         kwargs = {}
         if op == "recolour":
-            kwargs["colour"] = tuple(c / 255.0 for c in self.colour.value)
+            kwargs["colour"] = tuple(c / 255.0 for c in self.colour.value)  # the picker gives 0..255
         n = len(sel)
         self.app.scene.apply(lambda f: self.app.adapter.edit(f, sel, op, **kwargs), expect_version=version)
-        self._clear_selection(clear_query=op != "recolour")
+        self._clear_selection(clear_query=True)  # show the result, not a highlight over it
         verb = {"delete": "Deleted", "extract": "Extracted", "recolour": "Recoloured"}[op]
         self.notify(verb, f"{n} Gaussians ({source}). Undo restores them.")
 
@@ -246,7 +280,9 @@ class ClientSession:
         mode = self.mode.value
         camera = pose.camera(self.config.moving_size if moving else self.config.still_size)
         overlay = frames.Overlay()
-        query = self._query_result(field, version)
+        query = self._query_result(field, version, wait=False)
+        key = self._query_key(version)
+        pending = query is None and key is not None and key != self._failed_query
         sel, sel_source = None, ""
         with self._lock:
             if self._selection is not None and self._selection_version == version:
@@ -256,8 +292,8 @@ class ClientSession:
         if sel is None and query is not None:
             sel, sel_source = query[0], f"query '{self.query.value.strip()}'"
         gaussians = self.app.adapter.gaussians(field)
-        if sel is not None and len(sel):
-            overlay.selected = sel.mask()
+        if sel is not None and len(sel) and not (mode == "Relevancy" and sel_source.startswith("query")):
+            overlay.selected = sel.mask()  # (relevancy mode shows the query itself as heat)
         if query is not None:
             overlay.relevancy, overlay.relevancy_range = query[1], query[2]
         frame = frames.draw(gaussians, camera, mode, overlay,
@@ -270,7 +306,11 @@ class ClientSession:
                                                jpeg_quality=self.config.jpeg_quality)
         self.frames += 1
         n = len(gaussians)
-        sel_text = "Nothing selected." if sel is None else f"**{len(sel)}** of {n} Gaussians selected ({sel_source})."
+        if sel is not None:
+            sel_text = f"**{len(sel)}** of {n} Gaussians selected ({sel_source})."
+        else:
+            sel_text = f"Querying '{self.query.value.strip()}'…" if pending else (
+                "The query failed." if key is not None and key == self._failed_query else "Nothing selected.")
         quality = "moving" if moving else "still"
         status = (f"frame {self.frames} · {camera.width}×{camera.height} {quality} · "
                   f"render {1000 * frame.seconds:.0f} ms · {n} Gaussians")
@@ -292,6 +332,13 @@ class ClientSession:
             traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
             self.notify("Render failed", msg + " — the server is still running; try another mode or view.", error=True)
 
+    def _query_failed(self, error: BaseException) -> None:
+        if isinstance(error, FeatgsError):
+            self.notify("Query failed", str(error), error=True)
+        else:
+            self._render_failed(error)
+
     def close(self) -> None:
         self._closed = True
         self.worker.close(timeout=2.0)
+        self.query_worker.close(timeout=2.0)

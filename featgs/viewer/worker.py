@@ -9,9 +9,42 @@ render goes to ``on_error`` and the thread carries on with the next request.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Deque, Optional, Tuple
+
+
+class FairSlots:
+    """At most ``n`` holders at once, granted first come, first served.
+
+    A plain semaphore wakes an arbitrary waiter, so with many browsers some would starve; here
+    a released slot goes straight to the longest-waiting render thread. Use as a context manager.
+    """
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"need at least one slot, got {n}")
+        self._free = n
+        self._lock = threading.Lock()
+        self._waiting: Deque[threading.Event] = collections.deque()
+
+    def __enter__(self) -> "FairSlots":
+        with self._lock:
+            if self._free > 0 and not self._waiting:
+                self._free -= 1
+                return self
+            turn = threading.Event()
+            self._waiting.append(turn)
+        turn.wait()  # the releasing thread hands its slot over
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().set()
+            else:
+                self._free += 1
 
 
 class RenderWorker:
@@ -21,7 +54,8 @@ class RenderWorker:
         render: draws one request; ``moving`` asks for the low resolution.
         on_error: called with the exception when ``render`` raises (in this thread).
         still_delay: seconds without a new request before a moving view is redrawn still.
-        slots: an optional semaphore shared by all workers, bounding concurrent renders.
+        slots: optional :class:`FairSlots` (or any context manager) shared by all workers,
+            bounding concurrent renders.
         name: the thread's name.
     """
 
@@ -31,7 +65,7 @@ class RenderWorker:
         on_error: Callable[[BaseException], None],
         *,
         still_delay: float = 0.3,
-        slots: Optional[threading.Semaphore] = None,
+        slots: Optional[Any] = None,
         name: str = "featgs-render",
     ) -> None:
         self._render = render

@@ -1,0 +1,453 @@
+"""``FeatureField``: a trained run, loaded for language queries, prompts, masks and edits.
+
+    field = FeatureField.load("out/demo/run")
+    mug = field.query("cup")                      # Selection: ids, bbox, centroid
+    cam = field.camera(0)                         # test view 0
+    heat = field.render(cam, "relevancy", text="cup")
+    mask, apple = field.prompt(cam, points=[[70, 52]])
+    field.edit(mug, Delete()).save("no_mug.ply")
+
+A field never changes: edits return a new one. It is not thread-safe (the renderer is not
+thread-safe by contract): callers that share one across threads serialise access, as the HTTP
+server does.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from featgs.camera import Camera
+from featgs.errors import FeatgsError
+from featgs.gaussians import Gaussians, save_ply
+from featgs.pictures import FeaturePCA, colorize_labels, palette
+from featgs.query.clean import CleanConfig, clean_selection, hidden_behind, radii, spread, touching_groups
+from featgs.query.edit import EditOp, apply_edit
+from featgs.query.features import FeatureSpace
+from featgs.query.images import depth_to_rgb, heat
+from featgs.query.lift import lift_mask, selection_share
+from featgs.query.prompt import (
+    MaskDecoder,
+    Prompt,
+    PromptConfig,
+    SamMaskDecoder,
+    box_regions,
+    dominant_feature,
+    sample_pixels,
+)
+from featgs.query.relevancy import (
+    QueryConfig,
+    competing_labels,
+    negatives_or_default,
+    pairwise_relevancy,
+    relative_threshold,
+    select_by_labels,
+)
+from featgs.query.segment import segment_features
+from featgs.query.selection import Selection
+from featgs.render import render as render_view
+
+RENDER_MODES = ("rgb", "depth", "features", "relevancy", "segmentation", "selection")
+MAX_TEXT = 500  # characters in one query or label text
+_TEXT_CACHE = 1024  # embeddings kept per field
+_LIFT_TOP_K = 16
+
+
+Channels = Tuple[int, int]
+
+
+@dataclass(frozen=True)
+class FeatureField:
+    """Gaussians with features, and what querying them needs.
+
+    A run distilled from several teachers renders their features side by side (channels
+    ``[start, end)`` each, see :mod:`featgs.train.blocks`); each use takes its teacher's block.
+
+    Attributes:
+        gaussians: the scene (features d-dim, decoder to the teachers' D-dim space).
+        encoder: the run's language-aligned teacher (``encode_text``), or None: no text queries.
+        model_id: the weights the text block was distilled from (checked against the encoder's
+            before the first text is embedded), or None to skip the check.
+        text_channels: the encoder's block of the decoded features (None: all of them).
+        prompt_channels: the block that feature-affinity prompts compare (None: all).
+        label_names: the run's label names, distinct, in label-id order (may be empty).
+        train_cameras, test_cameras: the run's views (empty when its data folder is gone).
+        mask_decoder: SAM-style decoder for prompts (see :class:`MaskDecoder`), or None.
+        decoder_channels: the mask decoder's block (None: all).
+        root: the run folder, when loaded from one.
+        no_text_reason: why ``encoder`` is None, for the error a text query gets.
+    """
+
+    gaussians: Gaussians
+    encoder: Optional[object] = None
+    model_id: Optional[str] = None
+    text_channels: Optional[Channels] = None
+    prompt_channels: Optional[Channels] = None
+    label_names: Tuple[str, ...] = ()
+    train_cameras: Tuple[Camera, ...] = ()
+    test_cameras: Tuple[Camera, ...] = ()
+    mask_decoder: Optional[MaskDecoder] = None
+    decoder_channels: Optional[Channels] = None
+    root: Optional[Path] = None
+    no_text_reason: str = "the run's teacher is not language-aligned (or it has none)"
+    _texts: Dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    # -- loading ------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, run: str | Path, *, mask_decoder: Optional[MaskDecoder] = None,
+             sam_checkpoint: Optional[str | Path] = None,
+             device: Optional[str | torch.device] = None) -> "FeatureField":
+        """The field of a run folder made by ``featgs train``.
+
+        Args:
+            mask_decoder: a decoder for prompts, for runs with a block of its teacher's features.
+            sam_checkpoint: for runs with a SAM block and no ``mask_decoder``: prompts go
+                through SAM's decoder with these weights (default: the checkpoint the run was
+                trained with, if it is still there; without one, prompts use feature affinity).
+            device: where to render (default: CUDA when available, else CPU).
+        Raises:
+            FeatgsError: not a finished run, or a decoder for a teacher the run lacks.
+        """
+        from featgs.data import load_scene
+        from featgs.teachers import make_teacher_from_options
+        from featgs.train.blocks import teacher_channels
+        from featgs.train.config import TrainConfig
+        from featgs.train.run import load_run_gaussians, read_run
+
+        root = Path(run)
+        info = read_run(root)
+        config = TrainConfig.from_dict(info["config"])
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        g = load_run_gaussians(root).to(device)
+        blocks = teacher_channels(info)
+        model_ids = {t["name"]: t.get("model_id") for t in info.get("teachers") or [info["teacher"]] if t}
+        whole = lambda ch: None if ch == (0, g.output_feature_dim) else ch  # noqa: E731
+        encoder = text = None
+        reason = "the run has no language-aligned teacher (labels or clip): it cannot answer text queries"
+        for name, channels in blocks.items():
+            try:
+                teacher = make_teacher_from_options(name, config.teacher_options)
+            except FeatgsError as e:  # e.g. a CLIP checkpoint that has moved since training
+                if name == "clip":
+                    reason = f"the run's clip teacher cannot be rebuilt for text queries: {e}"
+                continue
+            if teacher.language_aligned:
+                encoder, text = teacher, name
+                break
+        if mask_decoder is None and "sam" in blocks:
+            path = sam_checkpoint or config.teacher_options.sam_checkpoint
+            if sam_checkpoint is not None or (path is not None and Path(path).is_file()):
+                mask_decoder = SamMaskDecoder(Path(path), model=config.teacher_options.sam_model, device=device)
+        if mask_decoder is not None and mask_decoder.teacher not in blocks:
+            raise FeatgsError(f"{root}: a {mask_decoder.teacher} mask decoder needs a run distilled from "
+                              f"{mask_decoder.teacher} features; this one has {', '.join(blocks) or 'no teacher'}")
+        ids = sorted(int(k) for k in (info.get("label_names") or {}))
+        names = tuple(dict.fromkeys(info["label_names"][str(i)] for i in ids))
+        train = test = ()
+        data = Path(info.get("data", ""))
+        if data.is_dir():
+            scene = load_scene(data, downscale=config.downscale)
+            train = tuple(v.camera for v in scene.train)
+            test = tuple(v.camera for v in scene.test)
+        first = next(iter(blocks.values()), None)
+        return cls(gaussians=g, encoder=encoder, model_id=model_ids.get(text),
+                   text_channels=whole(blocks[text]) if text else None,
+                   prompt_channels=whole(blocks[text] if text else first) if first else None,
+                   label_names=names, train_cameras=train, test_cameras=test, mask_decoder=mask_decoder,
+                   decoder_channels=whole(blocks[mask_decoder.teacher]) if mask_decoder is not None else None,
+                   root=root, no_text_reason=reason)
+
+    # -- basics -------------------------------------------------------------------------------
+    @property
+    def num_gaussians(self) -> int:
+        return len(self.gaussians)
+
+    @functools.cached_property
+    def space(self) -> FeatureSpace:
+        """The per-Gaussian features in the text encoder's space (computed on first use)."""
+        return FeatureSpace.of(self.gaussians, self.text_channels)
+
+    @functools.cached_property
+    def prompt_space(self) -> FeatureSpace:
+        """The per-Gaussian features that affinity prompts compare."""
+        return self.space if self.prompt_channels == self.text_channels else FeatureSpace.of(self.gaussians, self.prompt_channels)
+
+    def camera(self, index: int, split: str = "test") -> Camera:
+        """View ``index`` of the run's ``split`` ("test" or "train")."""
+        if split not in ("test", "train"):
+            raise FeatgsError(f"split must be 'test' or 'train', got {split!r}")
+        cams = self.test_cameras if split == "test" else self.train_cameras
+        if not cams:
+            raise FeatgsError(f"this run has no {split} views (is its data folder gone?); give an explicit camera")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(cams):
+            raise FeatgsError(f"{split} view index must be an integer in 0..{len(cams) - 1}, got {index!r}")
+        return cams[index]
+
+    def embed(self, texts: Sequence[str]) -> Tensor:
+        """[n, D] unit embeddings of ``texts`` in the features' space (cached per field)."""
+        if self.encoder is None:
+            raise FeatgsError(self.no_text_reason)
+        texts = list(texts)
+        for t in texts:
+            if not isinstance(t, str) or not t.strip() or len(t) > MAX_TEXT:
+                raise FeatgsError(f"texts must be non-empty strings of at most {MAX_TEXT} characters, got {t!r:.80}")
+        missing = list(dict.fromkeys(t for t in texts if t not in self._texts))
+        if missing:
+            if not self._texts and self.model_id and self.encoder.model_id != self.model_id:
+                raise FeatgsError(f"the run's features were distilled with {self.model_id}; the installed text "
+                                  f"encoder is {self.encoder.model_id}, whose embeddings do not match")
+            for t, v in zip(missing, self.encoder.encode_text(missing).float().cpu()):
+                if len(self._texts) >= _TEXT_CACHE:
+                    self._texts.pop(next(iter(self._texts)))
+                self._texts[t] = v
+        out = torch.stack([self._texts[t] for t in texts])
+        if out.shape[1] != self.space.dim:
+            raise FeatgsError(f"text embeddings are {out.shape[1]}-dim but the run renders {self.space.dim}-dim features")
+        return out
+
+    # -- text queries -------------------------------------------------------------------------
+    def relevancy(self, text: str, negatives: Optional[Sequence[str]] = None, *, temperature: float = 0.1) -> Tensor:
+        """[N] relevancy of every Gaussian to ``text`` (see :mod:`featgs.query.relevancy`)."""
+        negs = negatives_or_default(negatives)
+        cos = self.space.cosine(self.embed([text, *negs]))
+        return pairwise_relevancy(cos[:, 0], cos[:, 1:], temperature)
+
+    def query(self, text: str, negatives: Optional[Sequence[str]] = None, *,
+              config: QueryConfig = QueryConfig(), cleaning: CleanConfig = CleanConfig()) -> Selection:
+        """The Gaussians that ``text`` names.
+
+        Args:
+            negatives: phrases the text competes against (default
+                :data:`~featgs.query.relevancy.DEFAULT_NEGATIVES`; empty: plain cosine).
+            config: threshold rule and its parameter; ``cleaning``: see :mod:`featgs.query.clean`.
+        """
+        rule = config.resolved_rule(bool(self.label_names))
+        negs = negatives_or_default(negatives)
+        vecs = self.embed([text, *negs])
+        cos = self.space.cosine(vecs)
+        r = pairwise_relevancy(cos[:, 0], cos[:, 1:], config.temperature)
+        if rule == "labels":
+            labels = self.embed(self.label_names)
+            compete = competing_labels(labels @ vecs[0], config.label_slack)
+            threshold = 0.5 if config.threshold is None else config.threshold
+            keep, _ = select_by_labels(r, cos[:, 0], self.space.cosine(labels[compete]), negatives=bool(negs),
+                                       temperature=config.temperature, win=threshold)
+        elif rule == "relative":
+            threshold = relative_threshold(r, 0.5 if config.threshold is None else config.threshold)
+            keep = r >= threshold
+        else:
+            threshold = float(config.threshold)
+            keep = r >= threshold
+        keep = keep.cpu()
+        if config.clean:
+            keep = clean_selection(self.gaussians, keep, self._carving_cameras(), cleaning)
+        return Selection.from_mask(self.gaussians.means, keep, threshold=float(threshold), rule=rule, text=text)
+
+    def clean(self, selection: Selection, config: CleanConfig = CleanConfig()) -> Selection:
+        """``selection`` without floaters and with the Gaussians it hides (for edits)."""
+        keep = clean_selection(self.gaussians, self._mask_of(selection), self._carving_cameras(), config)
+        return Selection.from_mask(self.gaussians.means, keep, threshold=selection.threshold,
+                                   rule=selection.rule, text=selection.text)
+
+    def _carving_cameras(self) -> Tuple[Camera, ...]:
+        return self.train_cameras or self.test_cameras
+
+    def _mask_of(self, selection: Selection) -> Tensor:
+        if not isinstance(selection, Selection):
+            raise FeatgsError(f"expected a Selection, got {type(selection).__name__}")
+        if selection.num_gaussians != self.num_gaussians:
+            raise FeatgsError(f"the selection indexes {selection.num_gaussians} Gaussians; this field has "
+                              f"{self.num_gaussians} (it was made on another field)")
+        return selection.mask()
+
+    # -- views --------------------------------------------------------------------------------
+    def relevancy_map(self, camera: Camera, text: str, negatives: Optional[Sequence[str]] = None) -> Tensor:
+        """[H, W] relevancy at each pixel: the per-Gaussian relevancy rendered as a 1-dim feature."""
+        from featgs.query.lift import render_values
+
+        out = render_values(self.gaussians, camera, self.relevancy(text, negatives))
+        return (out.features[..., 0] / out.alpha[..., 0].clamp_min(1e-10)).cpu()
+
+    def mask(self, camera: Camera, selection: Selection, *, min_share: float = 0.5) -> Tensor:
+        """[H, W] bool: pixels where the selection holds at least ``min_share`` of the blend weight."""
+        return (selection_share(self.gaussians, camera, self._mask_of(selection)) >= min_share).cpu()
+
+    def segment(self, camera: Camera, labels: Optional[Sequence[str]] = None) -> Tensor:
+        """[H, W] int64 index into ``labels`` (default: the run's label names) of each pixel's
+        most similar label text: the argmax of cosine between the rendered feature and the texts."""
+        labels = self._labels_or_default(labels)
+        text = self.embed(labels)
+        out = render_view(self.gaussians.with_features(self.gaussians.features, None), camera, features=True, sh_degree=0)
+        # decoded . t is linear in the rendered d-dim feature, and the argmax of a cosine over
+        # texts does not depend on the pixel's norm: score in d dims, never build [H, W, D].
+        return segment_features(self.space.dots(out.features, text), torch.eye(len(labels))).cpu()
+
+    def _labels_or_default(self, labels: Optional[Sequence[str]]) -> List[str]:
+        labels = list(self.label_names if labels is None else labels)
+        if not labels:
+            raise FeatgsError("segmentation needs label texts: this run has no label names, so pass some")
+        if isinstance(labels, str) or len(set(labels)) != len(labels):
+            raise FeatgsError("labels must be a list of distinct texts")
+        return labels
+
+    @torch.no_grad()
+    def render(self, camera: Camera, mode: str = "rgb", *, text: Optional[str] = None,
+               labels: Optional[Sequence[str]] = None, selection: Optional[Selection] = None,
+               negatives: Optional[Sequence[str]] = None) -> Tensor:
+        """[H, W, 3] float picture in 0..1 of one view.
+
+        Modes: ``rgb``; ``depth`` (turbo, near = warm); ``features`` (a fixed PCA of the
+        features to RGB, shared by all views); ``relevancy`` (heat map of ``text``: 0.5, no
+        better than the negatives, is blue; 1 is red); ``segmentation`` (``labels`` or the run's
+        label names, coloured by :func:`featgs.pictures.palette`); ``selection`` (the colour
+        image, dimmed outside ``selection``'s mask).
+        """
+        if mode not in RENDER_MODES:
+            raise FeatgsError(f"render mode must be one of {', '.join(RENDER_MODES)}, got {mode!r}")
+        g = self.gaussians
+        if mode == "relevancy":
+            if text is None:
+                raise FeatgsError("relevancy rendering needs a text")
+            lo = 0.5 if negatives_or_default(negatives) else 0.0
+            return heat(self.relevancy_map(camera, text, negatives), lo, 1.0)
+        if mode == "segmentation":
+            labels = self._labels_or_default(labels)
+            return torch.from_numpy(colorize_labels(self.segment(camera, labels), palette(len(labels)))).float() / 255
+        if mode == "selection":
+            if selection is None:
+                raise FeatgsError("selection rendering needs a selection")
+            rgb = render_view(g, camera, features=False).rgb.clamp(0, 1).cpu()
+            inside = self.mask(camera, selection)[..., None]
+            return torch.where(inside, rgb, 0.25 * rgb + 0.15)
+        if mode == "features":
+            out = render_view(g.with_features(g.features, None), camera, features=True, sh_degree=0)
+            pca = self._pca
+            # PCA of the decoded feature, computed on the d-dim render: (W f + b - mean) @ basis.
+            full = self._full_space
+            proj = out.features.float() @ (full.weight.T @ pca.basis.to(out.features.device))
+            proj = proj + ((full.bias - pca.mean.to(proj.device)) @ pca.basis.to(proj.device))
+            return ((proj - pca.lo.to(proj.device)) / (pca.hi - pca.lo).clamp_min(1e-8).to(proj.device)).clamp(0, 1).cpu()
+        out = render_view(g, camera, features=False)
+        if mode == "depth":
+            return depth_to_rgb(out.depth[..., 0].cpu(), out.alpha[..., 0].cpu())
+        return out.rgb.clamp(0, 1).cpu()
+
+    @functools.cached_property
+    def _full_space(self) -> FeatureSpace:
+        return FeatureSpace.of(self.gaussians)
+
+    @functools.cached_property
+    def _pca(self) -> FeaturePCA:
+        # the sample the viewer's feature colours use too (featgs.viewer.frames), so they match
+        gen = torch.Generator().manual_seed(0)
+        full = self._full_space
+        pick = torch.randperm(self.num_gaussians, generator=gen)[:20000].to(full.features.device)
+        return FeaturePCA(full.decode(full.features[pick]).cpu())
+
+    # -- 2D <-> 3D ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def lift(self, camera: Camera, mask: Tensor, *, min_share: float = 0.5) -> Selection:
+        """The Gaussians with at least ``min_share`` of their blend weight at ``camera`` inside
+        ``mask`` [H, W] bool (from the render's top-16 weights per pixel)."""
+        mask = torch.as_tensor(mask)
+        if mask.dtype != torch.bool or tuple(mask.shape) != (camera.height, camera.width):
+            raise FeatgsError(f"mask must be a bool [{camera.height}, {camera.width}] array for this camera, "
+                              f"got {mask.dtype} {tuple(mask.shape)}")
+        out = render_view(self.gaussians, camera, features=False, sh_degree=0, top_k=_LIFT_TOP_K)
+        keep = lift_mask(out, mask, self.num_gaussians, min_share=min_share)
+        return Selection.from_mask(self.gaussians.means, keep, threshold=min_share, rule="mask")
+
+    @torch.no_grad()
+    def prompt(self, camera: Camera, points: Optional[Sequence] = None, point_labels: Optional[Sequence] = None,
+               box: Optional[Sequence] = None, *, config: PromptConfig = PromptConfig(),
+               cleaning: CleanConfig = CleanConfig()) -> Tuple[Tensor, Selection]:
+        """The object at clicked ``points`` [[x, y], ...] (pixels; ``point_labels`` 1 = on it,
+        0 = not on it) and/or inside ``box`` [x0, y0, x1, y1], at ``camera``.
+
+        Returns:
+            mask [H, W] bool, and the selection (whole objects, hidden Gaussians included).
+        """
+        p = Prompt.make(camera.width, camera.height, points, point_labels, box)
+        if self.mask_decoder is not None:
+            return self._decoder_prompt(camera, p, config, cleaning)
+        keep = self._affinity_select(camera, p, config)
+        if config.clean:
+            keep = keep | hidden_behind(self.gaussians, keep, spread(self._carving_cameras(), cleaning.views),
+                                        alpha=cleaning.alpha)
+        sel = Selection.from_mask(self.gaussians.means, keep, threshold=config.affinity, rule="box" if p.box is not None and not
+                                  bool((p.point_labels == 1).any()) else "point")
+        mask = self.mask(camera, sel)
+        box_mask = p.box_mask(camera.width, camera.height)
+        return (mask if box_mask is None else mask & box_mask), sel
+
+    def _decoder_prompt(self, camera: Camera, p: Prompt, config: PromptConfig,
+                        cleaning: CleanConfig) -> Tuple[Tensor, Selection]:
+        out = render_view(self.gaussians, camera, features=True)
+        feats = out.features if self.decoder_channels is None else out.features[..., slice(*self.decoder_channels)]
+        mask = torch.as_tensor(self.mask_decoder(feats, points=p.points if len(p.points) else None,
+                                                 point_labels=p.point_labels if len(p.points) else None, box=p.box)).cpu()
+        if mask.dtype != torch.bool or tuple(mask.shape) != (camera.height, camera.width):
+            raise FeatgsError(f"the mask decoder returned {mask.dtype} {tuple(mask.shape)}; expected bool "
+                              f"[{camera.height}, {camera.width}]")
+        sel = self.lift(camera, mask)
+        if config.clean:
+            sel = self.clean(sel, cleaning)
+        return mask, replace(sel, rule="decoder")
+
+    def _affinity_select(self, camera: Camera, p: Prompt, config: PromptConfig) -> Tensor:
+        """[N] bool: the touching groups of feature-similar Gaussians that hold the prompts' seeds."""
+        g = self.gaussians
+        out = render_view(g.with_features(g.features, None), camera, features=True, sh_degree=0, top_k=config.top_k)
+        space = self.prompt_space
+        unit = lambda f: F.normalize(space.decode(f), dim=-1)  # noqa: E731
+        seeds: List[Tuple[Tensor, Tensor, bool]] = []  # (feature [D], seed Gaussian ids, foreground)
+        for (x, y), label in zip(p.points.tolist(), p.point_labels.tolist()):
+            row, col = int(y), int(x)
+            ids = out.topk_ids[row, col]
+            seeds.append((unit(out.features[row, col]), ids[ids >= 0].cpu(), label == 1))
+        if p.box is not None and not any(fg for _, _, fg in seeds):
+            in_box, in_band, centrality = box_regions(camera.width, camera.height, p.box, config.band, config.focus)
+            gen = torch.Generator().manual_seed(0)
+            inner, outer = sample_pixels(in_box, gen), sample_pixels(in_band, gen)
+            f_in = unit(out.features[inner[:, 0], inner[:, 1]])
+            f_out = unit(out.features[outer[:, 0], outer[:, 1]])
+            seed = dominant_feature(f_in, centrality[inner[:, 0], inner[:, 1]], f_out, config.affinity)
+            # the seed Gaussians: the front Gaussian of every box pixel whose feature matches
+            rows, cols = torch.nonzero(in_box, as_tuple=True)
+            match = unit(out.features[rows, cols]) @ seed >= config.affinity
+            front = out.topk_ids[rows[match], cols[match], 0]
+            seeds.append((seed, front[front >= 0].cpu(), True))
+        cos = space.cosine(torch.stack([s for s, _, _ in seeds])).cpu()
+        keep = torch.zeros(self.num_gaussians, dtype=torch.bool)
+        means, r = g.means.detach().cpu(), radii(g).cpu()
+        for j, (_, ids, foreground) in sorted(enumerate(seeds), key=lambda s: not s[1][2]):  # foreground first
+            cand = torch.nonzero(cos[:, j] >= config.affinity).squeeze(1)
+            held = torch.isin(cand, ids)
+            if not held.any():
+                continue
+            groups = torch.from_numpy(touching_groups(means[cand], r[cand], config.overlap))
+            chosen = cand[torch.isin(groups, groups[held])]
+            keep[chosen] = foreground
+        return keep
+
+    # -- edits --------------------------------------------------------------------------------
+    def edit(self, selection: Selection, op: EditOp) -> "FeatureField":
+        """A new field with ``op`` (:class:`~featgs.query.edit.Delete`, ``Extract``,
+        ``Recolor(rgb)``, ``Translate(offset)``) applied to ``selection``."""
+        return replace(self, gaussians=apply_edit(self.gaussians, self._mask_of(selection), op))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the Gaussians as a standard 3DGS PLY with ``feat_*`` properties (and the decoder
+        beside it as ``NAME.decoder.safetensors``); returns the path."""
+        path = Path(path)
+        if path.suffix.lower() != ".ply":
+            raise FeatgsError(f"{path}: expected a .ply file name")
+        save_ply(path, self.gaussians)
+        return path

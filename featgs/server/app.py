@@ -1,0 +1,309 @@
+"""The HTTP JSON API over one :class:`~featgs.query.FeatureField` (standard library only).
+
+Every request body is validated against its schema (:mod:`featgs.server.schema`) before the
+field is touched; bad input gets a 4xx answer with ``{"error": message}``, and an unexpected
+failure a 500 with the same shape, while the server keeps serving. The field (and the
+renderer under it) is used by one request at a time, under the server's lock. No request
+names a path: edits are saved as ``RUN/edits/NAME.ply`` with a validated NAME, or returned.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import sys
+import tempfile
+import threading
+import traceback
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from featgs import __version__
+from featgs.camera import Camera
+from featgs.errors import FeatgsError
+from featgs.pictures import to_uint8
+from featgs.query import Delete, Extract, FeatureField, PromptConfig, QueryConfig, Recolor, Selection, Translate
+from featgs.server.schema import REQUESTS, SchemaError, openapi, validate
+
+MAX_BODY = 8 << 20  # bytes of one request body (a million ids fit)
+EDITS_FOLDER = "edits"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+Response = Tuple[int, str, bytes]
+
+
+class HTTPError(Exception):
+    """An answer other than 200, with a message for the client."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class FieldServer(ThreadingHTTPServer):
+    """Serves one field. ``FieldServer(field, ("127.0.0.1", 0))`` picks a free port (see ``url``).
+
+    Attributes:
+        field: what is served; never modified (edits make new fields).
+        lock: held while a request uses the field.
+        quiet: no request log on stderr.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, field: FeatureField, address: Tuple[str, int] = ("127.0.0.1", 8000), *, quiet: bool = False):
+        super().__init__(address, _Handler)
+        self.field = field
+        self.lock = threading.Lock()
+        self.quiet = quiet
+        self.document = openapi("featgs feature field", __version__)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FieldServer
+    timeout = 60  # seconds a client may take to send its request
+    server_version = f"featgs/{__version__}"
+
+    def do_GET(self) -> None:
+        self._answer(self._dispatch)
+
+    def do_POST(self) -> None:
+        self._answer(self._dispatch)
+
+    def _refuse(self) -> None:
+        self._answer(self._dispatch)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
+
+    def _dispatch(self) -> Response:
+        path = self.path.split("?", 1)[0]
+        endpoint = _ROUTES.get((self.command, path))
+        if endpoint is not None:
+            return endpoint(self.server, self._body()) if self.command == "POST" else endpoint(self.server)
+        allowed = [method for method, p in _ROUTES if p == path]
+        if allowed:
+            raise HTTPError(405, f"{path} takes {allowed[0]}, not {self.command}")
+        raise HTTPError(404, f"no endpoint {path[:100]!r}; see GET /openapi.json")
+
+    def _body(self) -> Dict[str, Any]:
+        """The request's JSON body, validated against the schema of its path."""
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise HTTPError(411, "a JSON body with a Content-Length header is required")
+        try:
+            n = int(length)
+        except ValueError:
+            raise HTTPError(400, f"Content-Length must be an integer, got {length[:40]!r}") from None
+        if n < 0:
+            raise HTTPError(400, "Content-Length must not be negative")
+        if n > MAX_BODY:
+            self.close_connection = True  # the body is not read: the connection cannot be reused
+            raise HTTPError(413, f"request body of {n} bytes exceeds the limit of {MAX_BODY}")
+        raw = self.rfile.read(n)
+        if len(raw) < n:
+            raise HTTPError(400, f"request body ended after {len(raw)} of {n} bytes")
+        try:
+            body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise HTTPError(400, f"request body is not valid JSON ({str(e)[:120]})") from None
+        try:
+            validate(body, REQUESTS[self.path.split("?", 1)[0]])
+        except SchemaError as e:
+            raise HTTPError(400, str(e)) from None
+        return body
+
+    def _answer(self, make: Callable[[], Response]) -> None:
+        try:
+            status, kind, payload = make()
+        except HTTPError as e:
+            status, kind, payload = _error(e.status, str(e))
+        except FeatgsError as e:
+            status, kind, payload = _error(400, str(e))
+        except Exception as e:  # a bug: answer, log, keep serving
+            traceback.print_exc(file=sys.stderr)
+            status, kind, payload = _error(500, f"internal error ({e.__class__.__name__}); the server is still running")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):  # the client left; nothing to tell it
+            self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _json(obj: Any, status: int = 200) -> Response:
+    return status, "application/json", json.dumps(obj).encode()
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": message, "status": status}, status)
+
+
+def _png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# -- GET ---------------------------------------------------------------------------------------
+
+def _health(server: FieldServer) -> Response:
+    f = server.field
+    return _json({"status": "ok", "version": __version__, "num_gaussians": f.num_gaussians,
+                  "text_queries": f.encoder is not None, "label_names": list(f.label_names),
+                  "views": {"test": len(f.test_cameras), "train": len(f.train_cameras)},
+                  "mask_decoder": f.mask_decoder is not None})
+
+
+def _views(server: FieldServer) -> Response:
+    f = server.field
+    return _json({split: [{"view": i, "name": c.name, "width": c.width, "height": c.height} for i, c in enumerate(cams)]
+                  for split, cams in (("test", f.test_cameras), ("train", f.train_cameras))})
+
+
+# -- POST --------------------------------------------------------------------------------------
+
+def _camera(field: FeatureField, spec: Dict[str, Any]) -> Camera:
+    """The camera a (validated) request names: a view of the run or explicit intrinsics and pose."""
+    if "view" in spec:
+        return field.camera(spec["view"], spec.get("split", "test"))
+    cam = Camera.from_dict(spec, source="camera")
+    c2w = cam.camtoworld
+    R = c2w[:3, :3]
+    if not (torch.allclose(R.T @ R, torch.eye(3, dtype=R.dtype), atol=1e-3) and float(torch.det(R)) > 0
+            and torch.allclose(c2w[3], torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype))):
+        raise FeatgsError("camera.camtoworld must be a rigid transform: a rotation (orthonormal, det +1) "
+                          "and a translation, last row [0, 0, 0, 1]")
+    if float(cam.K[0, 1]) != 0 or cam.K[2].tolist() != [0.0, 0.0, 1.0]:
+        raise FeatgsError("camera.K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]")
+    return cam
+
+
+def _query_config(body: Dict[str, Any]) -> QueryConfig:
+    return QueryConfig(rule=body.get("rule", "auto"), threshold=body.get("threshold"), clean=body.get("clean", True))
+
+
+def _query(server: FieldServer, body: Dict[str, Any]) -> Response:
+    config = _query_config(body)
+    with server.lock:
+        sel = server.field.query(body["text"], body.get("negatives"), config=config)
+    return _json(sel.to_dict(with_ids=body.get("with_ids", False)))
+
+
+def _segment(server: FieldServer, body: Dict[str, Any]) -> Response:
+    with server.lock:
+        f = server.field
+        cam = _camera(f, body["camera"])
+        labels = list(body.get("labels") or f.label_names)
+        seg = f.segment(cam, labels)
+    counts = torch.bincount(seg.reshape(-1), minlength=len(labels)).tolist()
+    return _json({"labels": labels, "width": cam.width, "height": cam.height, "counts": counts,
+                  "label_map_png": base64.b64encode(_png(seg.to(torch.uint8).numpy())).decode()})
+
+
+def _prompt_args(body: Dict[str, Any]) -> Dict[str, Any]:
+    config = PromptConfig() if "affinity" not in body else PromptConfig(affinity=body["affinity"])
+    return dict(points=body.get("points"), point_labels=body.get("point_labels"), box=body.get("box"), config=config)
+
+
+def _prompt(server: FieldServer, body: Dict[str, Any]) -> Response:
+    with server.lock:
+        f = server.field
+        mask, sel = f.prompt(_camera(f, body["camera"]), **_prompt_args(body))
+    png = _png(mask.numpy().astype(np.uint8) * 255)
+    return _json({"mask_png": base64.b64encode(png).decode(), "mask_area": int(mask.sum()),
+                  "selection": sel.to_dict(with_ids=body.get("with_ids", False))})
+
+
+def _selection(field: FeatureField, spec: Dict[str, Any]) -> Selection:
+    if "ids" in spec:
+        return Selection.from_ids(field.gaussians.means, torch.tensor(spec["ids"], dtype=torch.int64))
+    if "prompt" in spec:
+        p = spec["prompt"]
+        return field.prompt(_camera(field, p["camera"]), **_prompt_args(p))[1]
+    return field.query(spec["text"], spec.get("negatives"), config=_query_config(spec))
+
+
+def _edit(server: FieldServer, body: Dict[str, Any]) -> Response:
+    op_name = body["op"]
+    needs = {"recolor": "rgb", "translate": "offset"}.get(op_name)
+    if needs and needs not in body:
+        raise HTTPError(400, f"body: op {op_name!r} needs {needs!r}")
+    stray = [k for k in ("rgb", "offset") if k in body and k != needs]
+    if stray:
+        raise HTTPError(400, f"body: {stray[0]!r} does not apply to op {op_name!r}")
+    op = {"delete": Delete, "extract": Extract}.get(op_name)
+    op = op() if op else (Recolor(tuple(body["rgb"])) if op_name == "recolor" else Translate(tuple(body["offset"])))
+    target = _edit_path(server.field, body.get("name"), body.get("overwrite", False))
+    with server.lock:
+        f = server.field
+        sel = _selection(f, body["selection"])
+        edited = f.edit(sel, op)
+        if target is not None:
+            edited.save(target)
+    if target is not None:
+        return _json({"saved": f"{EDITS_FOLDER}/{target.name}", "num_gaussians": edited.num_gaussians,
+                      "selection": sel.to_dict()})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = edited.save(Path(tmp) / "edit.ply")
+        return 200, "application/octet-stream", path.read_bytes()
+
+
+def _edit_path(field: FeatureField, name: Optional[str], overwrite: bool) -> Optional[Path]:
+    """RUN/edits/NAME.ply for a safe NAME (no separators, dots or traversal), or None for no name."""
+    if name is None:
+        return None
+    if not _NAME.fullmatch(name):
+        raise HTTPError(400, "body.name: use 1-64 letters, digits, '_' or '-', starting with a letter or digit "
+                             "(it becomes RUN/edits/NAME.ply; paths are not accepted)")
+    if field.root is None:
+        raise HTTPError(400, "body.name: this server has no run folder to save edits in; leave out name to get the PLY back")
+    folder = (field.root / EDITS_FOLDER).resolve()
+    target = folder / f"{name}.ply"
+    if target.parent != folder:  # cannot happen with the pattern above; kept as the invariant
+        raise HTTPError(400, "body.name: not a plain file name")
+    if target.exists() and not overwrite:
+        raise HTTPError(409, f"body.name: {EDITS_FOLDER}/{name}.ply exists; pass overwrite: true to replace it")
+    return target
+
+
+def _render(server: FieldServer, body: Dict[str, Any]) -> Response:
+    mode = body.get("mode", "rgb")
+    if mode in ("relevancy", "selection") and "text" not in body:
+        raise HTTPError(400, f"body: mode {mode!r} needs 'text'")
+    with server.lock:
+        f = server.field
+        cam = _camera(f, body["camera"])
+        sel = f.query(body["text"], body.get("negatives")) if mode == "selection" else None
+        image = f.render(cam, mode, text=body.get("text"), labels=body.get("labels"), selection=sel,
+                         negatives=body.get("negatives"))
+    return 200, "image/png", _png(to_uint8(image))
+
+
+_ROUTES: Dict[Tuple[str, str], Callable[..., Response]] = {
+    ("GET", "/health"): _health, ("GET", "/views"): _views, ("GET", "/openapi.json"): lambda s: _json(s.document),
+    ("POST", "/query"): _query, ("POST", "/segment"): _segment, ("POST", "/prompt"): _prompt,
+    ("POST", "/edit"): _edit, ("POST", "/render"): _render,
+}
