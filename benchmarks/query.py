@@ -8,14 +8,17 @@ covers at least 20 pixels:
 
 - query IoU: the label name queried as text; the selection's rendered mask (pixels where it
   holds at least half the blend weight) against the ground-truth label mask, per view;
-- point / box: a click at the most interior pixel of the object's largest connected region
-  (its instance), and that region's bounding box, through the feature-affinity path;
-  IoU against the instance;
+- point / box: a click at the most interior pixel of the object's instance, and the
+  instance's bounding box, through the feature-affinity path; IoU against the instance (the
+  whole label mask, or for a label of several objects, its largest connected region);
 - delete: PSNR against the ground truth of the pixels outside the object, before minus after
   deleting the query's selection ("drop"; "drop 1px": the 1-pixel anti-aliased border of
   the object left out too); "gone": share of the object's pixels whose colour changed by more
   than 0.1 (nothing can show the surface the object hid, but the object must not stay);
-- extract: IoU of the extracted object's alpha (> 0.5) with the ground truth;
+- extract: "kept", the mean alpha of the extracted object over its ground-truth pixels;
+  "spill", its alpha on floor, wall and ceiling pixels (beyond the object's 1-pixel border)
+  relative to its alpha on its own pixels (pixels of other objects are not counted: the
+  extracted object rightly shows what they hid of it);
 - recolour: hue error (degrees) of the recoloured object's saturated pixels against the
   target hue, and PSNR of the pixels outside it between the original and recoloured renders.
 
@@ -42,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import device_name, print_table, save_results  # noqa: E402
 
 from featgs.data import load_scene  # noqa: E402
+from featgs.data.procedural.spec import parse_scene_spec  # noqa: E402
 from featgs.query import Delete, Extract, FeatureField, Recolor  # noqa: E402
 from featgs.render import render  # noqa: E402
 from featgs.train.run import read_run  # noqa: E402
@@ -95,6 +99,8 @@ def main() -> None:
     for k, name in scene.label_names.items():
         ids_of.setdefault(name, []).append(k)
     objects = [n for n in field.label_names if n not in STUFF]
+    instances = parse_scene_spec((Path(info["data"]) / "scene.txt").read_text()).instances_per_label()
+    stuff_ids = [k for n in STUFF for k in ids_of.get(n, [])]
     gts = [(v, v.image(), v.labels().numpy()) for v in views]
     with torch.no_grad():
         originals = [render(field.gaussians, v.camera, features=False).rgb.clamp(0, 1).cpu() for v in views]
@@ -107,7 +113,7 @@ def main() -> None:
         deleted = field.edit(sel, Delete())
         extracted = field.edit(sel, Extract())
         rec = {"query_iou": [], "point_iou": [], "box_iou": [], "drop": [], "drop_1px": [], "gone": [],
-               "extract_iou": [], "hue_error": [], "recolour_outside_psnr": [], "pixels": []}
+               "extract_kept": [], "extract_spill": [], "hue_error": [], "recolour_outside_psnr": [], "pixels": []}
         target = None
         recoloured = None
         for (v, image, labels), before in zip(gts, originals):
@@ -116,7 +122,7 @@ def main() -> None:
                 continue
             rec["pixels"].append(int(gt.sum()))
             rec["query_iou"].append(iou(field.mask(v.camera, sel).numpy(), gt))
-            inst = instance(gt)
+            inst = instance(gt) if instances.get(name, 1) > 1 else gt
             dist = ndimage.distance_transform_edt(inst)
             y, x = np.unravel_index(dist.argmax(), dist.shape)
             rec["point_iou"].append(iou(field.prompt(v.camera, points=[[x + 0.5, y + 0.5]])[0].numpy(), inst))
@@ -131,7 +137,10 @@ def main() -> None:
             rec["drop"].append(psnr(before, image, ~gt_t) - psnr(after, image, ~gt_t))
             rec["drop_1px"].append(psnr(before, image, ~band) - psnr(after, image, ~band))
             rec["gone"].append(float(((after - before).abs().amax(-1) > 0.1)[gt_t].float().mean()))
-            rec["extract_iou"].append(iou(alone.alpha[..., 0].cpu().numpy() > 0.5, gt))
+            alpha = alone.alpha[..., 0].cpu()
+            stuff = torch.from_numpy(np.isin(labels, stuff_ids)) & ~band
+            rec["extract_kept"].append(float(alpha[gt_t].mean()))
+            rec["extract_spill"].append(float(alpha[stuff].sum() / alpha[gt_t].sum().clamp_min(1e-9)))
             if target is None:
                 target = target_colour(before[gt_t].mean(0).numpy())
                 recoloured = field.edit(sel, Recolor(target))
@@ -151,7 +160,7 @@ def main() -> None:
                      f"{summary['query_iou']:.3f}", f"{summary['min_query_iou']:.3f}",
                      f"{summary['point_iou']:.3f}", f"{summary['box_iou']:.3f}",
                      f"{summary['drop']:.2f}", f"{summary['drop_1px']:.2f}", f"{summary['gone']:.2f}",
-                     f"{summary['extract_iou']:.3f}", f"{summary['hue_error']:.1f}",
+                     f"{summary['extract_kept']:.3f}", f"{summary['extract_spill']:.3f}", f"{summary['hue_error']:.1f}",
                      f"{summary['recolour_outside_psnr']:.1f}"])
         print(f"  {name}: done", flush=True)
 
@@ -159,7 +168,7 @@ def main() -> None:
               f"of {views[0].camera.width}x{views[0].camera.height}); {device_name(field.gaussians.device)}")
     print(header)
     table = print_table(["object", "views", "px", "selected", "query IoU", "min", "point IoU", "box IoU",
-                         "del drop dB", "drop 1px", "gone", "extract IoU", "hue err", "recol out dB"], rows)
+                         "del drop dB", "drop 1px", "gone", "extr kept", "spill", "hue err", "recol out dB"], rows)
 
     # synonyms: rank of the intended object by mean rendered relevancy inside each label's pixels
     syn_rows, synonyms = [], []

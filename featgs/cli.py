@@ -25,6 +25,10 @@ COMMAND_MODULES = [
     "featgs.commands.features",
     "featgs.commands.demo",
     "featgs.commands.view",
+    "featgs.commands.query",
+    "featgs.commands.segment",
+    "featgs.commands.edit",
+    "featgs.commands.serve",
 ]
 
 

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("run", metavar="RUN", type=Path, help="run folder made by `featgs train` or `featgs demo`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 picks a free one)")
+    p.add_argument("--sam-checkpoint", metavar="PATH", type=Path,
+                   help="runs with SAM features: prompts go through SAM's mask decoder with these weights "
+                        "(default: the checkpoint the run was trained with, if still there; else feature affinity)")
     p.add_argument("--quiet", action="store_true", help="no request log")
     p.set_defaults(func=run_serve)
 
@@ -51,7 +54,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise FeatgsError(f"--port must be in 0..65535, got {args.port}")
-    field = FeatureField.load(args.run)
+    field = FeatureField.load(args.run, sam_checkpoint=args.sam_checkpoint)
     try:
         server = FieldServer(field, (args.host, args.port), quiet=args.quiet)
     except OSError as e:
@@ -59,7 +62,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host):
         print(f"featgs: warning: listening on {args.host}: anyone who can reach it can query and edit this run",
               file=sys.stderr)
-    print(f"serving {args.run} ({field.num_gaussians} Gaussians) on {server.url}  "
+    prompts = "SAM's mask decoder" if field.mask_decoder is not None else "feature affinity"
+    print(f"serving {args.run} ({field.num_gaussians} Gaussians; prompts by {prompts}) on {server.url}  "
           f"(API: {server.url}/openapi.json; Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

@@ -37,14 +37,17 @@ class CleanConfig:
         overlap: two Gaussians touch when their centres are closer than
             ``overlap * (r_i + r_j)``, r the largest axis standard deviation.
         min_group: groups of touching Gaussians smaller than this fraction of the largest
-            group are dropped as floaters (two apples of one query are both kept).
-        views: at most this many cameras (evenly spread over the ones given) carve the hull.
+            group (or than three) are dropped as floaters (two apples of one query both stay).
+        views: at most this many cameras (evenly spread over the ones given) carve the hull;
+            the more, the tighter (on the demo, deleting the table with 24 of its 60 training
+            views also took floor under it that 60 views show: 1.96 instead of 1.61 dB lost
+            outside the table).
         alpha: a pixel is inside the selection's silhouette when its alpha exceeds this.
     """
 
     overlap: float = 3.0
     min_group: float = 0.05
-    views: int = 24
+    views: int = 64
     alpha: float = 0.5
 
 
@@ -81,13 +84,13 @@ def touching_groups(means: Tensor, r: Tensor, overlap: float) -> np.ndarray:
 
 def drop_floaters(gaussians: Gaussians, keep: Tensor, *, overlap: float, min_group: float) -> Tensor:
     """``keep`` [N] bool without the groups of touching Gaussians smaller than ``min_group``
-    times the largest group."""
+    times the largest group, or than three Gaussians (the largest group always stays)."""
     ids = torch.nonzero(keep.cpu()).squeeze(1)
-    if len(ids) < 2:
+    if not len(ids):
         return keep.cpu().clone()
     groups = touching_groups(gaussians.means[ids], radii(gaussians)[ids], overlap)
     sizes = np.bincount(groups)
-    big = sizes[groups] >= max(2.0, min_group * sizes.max())
+    big = (sizes[groups] >= max(3.0, min_group * sizes.max())) | (groups == sizes.argmax())
     out = torch.zeros(len(gaussians), dtype=torch.bool)
     out[ids[torch.from_numpy(big)]] = True
     return out

@@ -71,6 +71,16 @@ class FeatureSpace:
         v = vectors.float().to(self.weight.device)
         return f.float() @ (self.weight.T @ v.T) + self.bias @ v.T
 
+    def cosine_of(self, f: Tensor, vectors: Tensor) -> Tensor:
+        """[..., T] cosine of decoded(``f``) to each row of ``vectors`` [T, D], for stored or
+        rendered features ``f`` [..., d], without decoding them: the norm of ``W f + b`` is
+        ``sqrt(f.(W^T W) f + 2 (W^T b).f + b.b)``."""
+        v = F.normalize(vectors.float().to(self.weight.device), dim=1)
+        f = f.float()
+        w, b = self.weight, self.bias
+        squared = ((f @ (w.T @ w)) * f).sum(-1) + 2 * f @ (w.T @ b) + b @ b
+        return self.dots(f, v) / squared.clamp_min(1e-24).sqrt()[..., None]
+
     def cosine(self, vectors: Tensor) -> Tensor:
         """[N, T] cosine of every Gaussian's decoded feature to each row of ``vectors`` [T, D]."""
         if vectors.ndim != 2 or vectors.shape[1] != self.dim:

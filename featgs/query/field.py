@@ -31,7 +31,7 @@ from featgs.query.clean import CleanConfig, clean_selection, hidden_behind, radi
 from featgs.query.edit import EditOp, apply_edit
 from featgs.query.features import FeatureSpace
 from featgs.query.images import depth_to_rgb, heat
-from featgs.query.lift import lift_mask, selection_share
+from featgs.query.lift import lift_mask, render_values, selection_share
 from featgs.query.prompt import (
     MaskDecoder,
     Prompt,
@@ -49,7 +49,6 @@ from featgs.query.relevancy import (
     relative_threshold,
     select_by_labels,
 )
-from featgs.query.segment import segment_features
 from featgs.query.selection import Selection
 from featgs.render import render as render_view
 
@@ -141,9 +140,12 @@ class FeatureField:
             if teacher.language_aligned:
                 encoder, text = teacher, name
                 break
+        if sam_checkpoint is not None and ("sam" not in blocks or not Path(sam_checkpoint).is_file()):
+            raise FeatgsError(f"--sam-checkpoint {sam_checkpoint}: " + ("not a file" if "sam" in blocks else
+                              f"run {root} has no SAM features ({', '.join(blocks) or 'no teacher'})"))
         if mask_decoder is None and "sam" in blocks:
             path = sam_checkpoint or config.teacher_options.sam_checkpoint
-            if sam_checkpoint is not None or (path is not None and Path(path).is_file()):
+            if path is not None and Path(path).is_file():
                 mask_decoder = SamMaskDecoder(Path(path), model=config.teacher_options.sam_model, device=device)
         if mask_decoder is not None and mask_decoder.teacher not in blocks:
             raise FeatgsError(f"{root}: a {mask_decoder.teacher} mask decoder needs a run distilled from "
@@ -177,7 +179,9 @@ class FeatureField:
     @functools.cached_property
     def prompt_space(self) -> FeatureSpace:
         """The per-Gaussian features that affinity prompts compare."""
-        return self.space if self.prompt_channels == self.text_channels else FeatureSpace.of(self.gaussians, self.prompt_channels)
+        if self.prompt_channels == self.text_channels:
+            return self.space
+        return FeatureSpace.of(self.gaussians, self.prompt_channels)
 
     def camera(self, index: int, split: str = "test") -> Camera:
         """View ``index`` of the run's ``split`` ("test" or "train")."""
@@ -195,6 +199,8 @@ class FeatureField:
         if self.encoder is None:
             raise FeatgsError(self.no_text_reason)
         texts = list(texts)
+        if not texts:
+            raise FeatgsError("no texts to embed")
         for t in texts:
             if not isinstance(t, str) or not t.strip() or len(t) > MAX_TEXT:
                 raise FeatgsError(f"texts must be non-empty strings of at most {MAX_TEXT} characters, got {t!r:.80}")
@@ -270,8 +276,6 @@ class FeatureField:
     # -- views --------------------------------------------------------------------------------
     def relevancy_map(self, camera: Camera, text: str, negatives: Optional[Sequence[str]] = None) -> Tensor:
         """[H, W] relevancy at each pixel: the per-Gaussian relevancy rendered as a 1-dim feature."""
-        from featgs.query.lift import render_values
-
         out = render_values(self.gaussians, camera, self.relevancy(text, negatives))
         return (out.features[..., 0] / out.alpha[..., 0].clamp_min(1e-10)).cpu()
 
@@ -284,17 +288,20 @@ class FeatureField:
         most similar label text: the argmax of cosine between the rendered feature and the texts."""
         labels = self._labels_or_default(labels)
         text = self.embed(labels)
-        out = render_view(self.gaussians.with_features(self.gaussians.features, None), camera, features=True, sh_degree=0)
+        g = self.gaussians
+        out = render_view(g.with_features(g.features, None), camera, features=True, sh_degree=0)
         # decoded . t is linear in the rendered d-dim feature, and the argmax of a cosine over
-        # texts does not depend on the pixel's norm: score in d dims, never build [H, W, D].
-        return segment_features(self.space.dots(out.features, text), torch.eye(len(labels))).cpu()
+        # unit texts does not depend on the pixel's norm: score in d dims, never build [H, W, D].
+        return self.space.dots(out.features, text).argmax(dim=-1).cpu()
 
     def _labels_or_default(self, labels: Optional[Sequence[str]]) -> List[str]:
+        if isinstance(labels, str):
+            raise FeatgsError("labels must be a list of texts, not one string")
         labels = list(self.label_names if labels is None else labels)
         if not labels:
             raise FeatgsError("segmentation needs label texts: this run has no label names, so pass some")
-        if isinstance(labels, str) or len(set(labels)) != len(labels):
-            raise FeatgsError("labels must be a list of distinct texts")
+        if len(set(labels)) != len(labels):
+            raise FeatgsError("labels must be distinct texts")
         return labels
 
     @torch.no_grad()
@@ -333,7 +340,8 @@ class FeatureField:
             full = self._full_space
             proj = out.features.float() @ (full.weight.T @ pca.basis.to(out.features.device))
             proj = proj + ((full.bias - pca.mean.to(proj.device)) @ pca.basis.to(proj.device))
-            return ((proj - pca.lo.to(proj.device)) / (pca.hi - pca.lo).clamp_min(1e-8).to(proj.device)).clamp(0, 1).cpu()
+            lo, span = pca.lo.to(proj.device), (pca.hi - pca.lo).clamp_min(1e-8).to(proj.device)
+            return ((proj - lo) / span).clamp(0, 1).cpu()
         out = render_view(g, camera, features=False)
         if mode == "depth":
             return depth_to_rgb(out.depth[..., 0].cpu(), out.alpha[..., 0].cpu())
@@ -381,8 +389,8 @@ class FeatureField:
         if config.clean:
             keep = keep | hidden_behind(self.gaussians, keep, spread(self._carving_cameras(), cleaning.views),
                                         alpha=cleaning.alpha)
-        sel = Selection.from_mask(self.gaussians.means, keep, threshold=config.affinity, rule="box" if p.box is not None and not
-                                  bool((p.point_labels == 1).any()) else "point")
+        rule = "point" if bool((p.point_labels == 1).any()) else "box"
+        sel = Selection.from_mask(self.gaussians.means, keep, threshold=config.affinity, rule=rule)
         mask = self.mask(camera, sel)
         box_mask = p.box_mask(camera.width, camera.height)
         return (mask if box_mask is None else mask & box_mask), sel
@@ -418,10 +426,10 @@ class FeatureField:
             inner, outer = sample_pixels(in_box, gen), sample_pixels(in_band, gen)
             f_in = unit(out.features[inner[:, 0], inner[:, 1]])
             f_out = unit(out.features[outer[:, 0], outer[:, 1]])
-            seed = dominant_feature(f_in, centrality[inner[:, 0], inner[:, 1]], f_out, config.affinity)
+            seed = dominant_feature(f_in, centrality[inner[:, 0], inner[:, 1]], f_out, config.affinity, config.penalty)
             # the seed Gaussians: the front Gaussian of every box pixel whose feature matches
             rows, cols = torch.nonzero(in_box, as_tuple=True)
-            match = unit(out.features[rows, cols]) @ seed >= config.affinity
+            match = space.cosine_of(out.features[rows, cols], seed[None])[:, 0] >= config.affinity
             front = out.topk_ids[rows[match], cols[match], 0]
             seeds.append((seed, front[front >= 0].cpu(), True))
         cos = space.cosine(torch.stack([s for s, _, _ in seeds])).cpu()

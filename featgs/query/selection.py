@@ -39,7 +39,8 @@ class Selection:
     def from_mask(cls, means: Tensor, keep: Tensor, **details) -> "Selection":
         """The Gaussians where ``keep`` [N] bool is True; ``means`` [N, 3] gives the extent."""
         if keep.shape != means.shape[:1] or keep.dtype != torch.bool:
-            raise ValueError(f"keep must be a bool [N] mask for {len(means)} Gaussians, got {keep.dtype} {tuple(keep.shape)}")
+            raise ValueError(f"keep must be a bool [N] mask for {len(means)} Gaussians, "
+                             f"got {keep.dtype} {tuple(keep.shape)}")
         return cls.from_ids(means, torch.nonzero(keep.cpu()).squeeze(1), **details)
 
     @classmethod

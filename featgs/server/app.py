@@ -31,7 +31,7 @@ from featgs.camera import Camera
 from featgs.errors import FeatgsError
 from featgs.pictures import to_uint8
 from featgs.query import Delete, Extract, FeatureField, PromptConfig, QueryConfig, Recolor, Selection, Translate
-from featgs.server.schema import REQUESTS, SchemaError, openapi, validate
+from featgs.server.schema import MAX_SIDE, REQUESTS, SchemaError, openapi, validate
 
 MAX_BODY = 8 << 20  # bytes of one request body (a million ids fit)
 EDITS_FOLDER = "edits"
@@ -77,16 +77,17 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 60  # seconds a client may take to send its request
     server_version = f"featgs/{__version__}"
 
-    def do_GET(self) -> None:
+    def _handle(self) -> None:
         self._answer(self._dispatch)
 
-    def do_POST(self) -> None:
-        self._answer(self._dispatch)
+    # every method goes through the routes, so that a wrong one gets a 405 naming the right one
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
 
-    def _refuse(self) -> None:
-        self._answer(self._dispatch)
-
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """The standard library's own errors (malformed request line, unknown method) as JSON."""
+        code = 405 if code == 501 else code  # an unknown method is the client's mistake
+        self.close_connection = True
+        self._send(*_error(code, message or explain or HTTPStatus(code).phrase))
 
     def _dispatch(self) -> Response:
         path = self.path.split("?", 1)[0]
@@ -112,13 +113,17 @@ class _Handler(BaseHTTPRequestHandler):
         if n > MAX_BODY:
             self.close_connection = True  # the body is not read: the connection cannot be reused
             raise HTTPError(413, f"request body of {n} bytes exceeds the limit of {MAX_BODY}")
-        raw = self.rfile.read(n)
+        try:
+            raw = self.rfile.read(n)
+        except TimeoutError:
+            self.close_connection = True
+            raise HTTPError(408, f"the request body did not arrive within {self.timeout} s") from None
         if len(raw) < n:
             raise HTTPError(400, f"request body ended after {len(raw)} of {n} bytes")
         try:
             body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        except (UnicodeDecodeError, ValueError) as e:
-            raise HTTPError(400, f"request body is not valid JSON ({str(e)[:120]})") from None
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise HTTPError(400, f"request body is not valid JSON ({str(e)[:120] or 'nested too deeply'})") from None
         try:
             validate(body, REQUESTS[self.path.split("?", 1)[0]])
         except SchemaError as e:
@@ -135,12 +140,16 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as e:  # a bug: answer, log, keep serving
             traceback.print_exc(file=sys.stderr)
             status, kind, payload = _error(500, f"internal error ({e.__class__.__name__}); the server is still running")
+        self._send(status, kind, payload)
+
+    def _send(self, status: int, kind: str, payload: bytes) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            if getattr(self, "command", None) != "HEAD":
+                self.wfile.write(payload)
         except (BrokenPipeError, ConnectionResetError):  # the client left; nothing to tell it
             self.close_connection = True
 
@@ -196,8 +205,13 @@ def _camera(field: FeatureField, spec: Dict[str, Any]) -> Camera:
             and torch.allclose(c2w[3], torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype))):
         raise FeatgsError("camera.camtoworld must be a rigid transform: a rotation (orthonormal, det +1) "
                           "and a translation, last row [0, 0, 0, 1]")
-    if float(cam.K[0, 1]) != 0 or cam.K[2].tolist() != [0.0, 0.0, 1.0]:
+    K = cam.K
+    if float(K[0, 1]) != 0 or float(K[1, 0]) != 0 or K[2].tolist() != [0.0, 0.0, 1.0]:
         raise FeatgsError("camera.K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]")
+    if not (cam.fx <= 100 * MAX_SIDE and cam.fy <= 100 * MAX_SIDE and abs(cam.cx) <= 10 * cam.width
+            and abs(cam.cy) <= 10 * cam.height):
+        raise FeatgsError(f"camera.K: focal lengths must be at most {100 * MAX_SIDE} pixels and the principal point "
+                          "within ten image sizes of the image")
     return cam
 
 

@@ -54,10 +54,12 @@ def validate(value: Any, schema: Dict[str, Any], where: str = "body") -> None:
             raise SchemaError(f"{where}: must not be blank")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value < schema.get("minimum", -math.inf) or value > schema.get("maximum", math.inf):
-            raise SchemaError(f"{where}: must lie in {schema.get('minimum', '-inf')}..{schema.get('maximum', 'inf')}, got {value}")
+            lo, hi = schema.get("minimum", "-inf"), schema.get("maximum", "inf")
+            raise SchemaError(f"{where}: must lie in {lo}..{hi}, got {value}")
     if isinstance(value, list):
         if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", math.inf):
-            raise SchemaError(f"{where}: expected {schema.get('minItems', 0)}..{schema.get('maxItems', 'any')} items, got {len(value)}")
+            lo, hi = schema.get("minItems", 0), schema.get("maxItems", "any")
+            raise SchemaError(f"{where}: expected {lo}..{hi} items, got {len(value)}")
         if "items" in schema:
             for i, item in enumerate(value):
                 validate(item, schema["items"], f"{where}[{i}]")
@@ -69,7 +71,8 @@ def validate(value: Any, schema: Dict[str, Any], where: str = "body") -> None:
         if schema.get("additionalProperties") is False:
             extra = sorted(set(value) - set(props))
             if extra:
-                raise SchemaError(f"{where}: unknown field(s) {', '.join(map(repr, extra[:5]))}; expected {', '.join(props)}")
+                raise SchemaError(f"{where}: unknown field(s) {', '.join(map(repr, extra[:5]))}; "
+                                  f"expected {', '.join(props)}")
         for key, sub in props.items():
             if key in value:
                 validate(value[key], sub, f"{where}.{key}")
@@ -104,8 +107,8 @@ def _vec(n: int, lo: float = -math.inf, hi: float = math.inf, description: str =
     return out
 
 
-def _matrix(rows: int, cols: int) -> dict:
-    return {"type": "array", "items": _vec(cols), "minItems": rows, "maxItems": rows}
+def _matrix(rows: int, cols: int, bound: float) -> dict:
+    return {"type": "array", "items": _vec(cols, -bound, bound), "minItems": rows, "maxItems": rows}
 
 
 TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
@@ -115,12 +118,12 @@ CAMERA = {
                    "(OpenCV: x right, y down, z forward; K in pixels)",
     "oneOf": [
         {"type": "object", "additionalProperties": False, "required": ["view"],
-         "properties": {"view": {"type": "integer", "minimum": 0, "description": "view index"},
+         "properties": {"view": {"type": "integer", "minimum": 0, "maximum": 1_000_000, "description": "view index"},
                         "split": {"type": "string", "enum": ["test", "train"], "description": "default test"}}},
         {"type": "object", "additionalProperties": False, "required": ["width", "height", "K", "camtoworld"],
          "properties": {"width": {"type": "integer", "minimum": 1, "maximum": MAX_SIDE},
                         "height": {"type": "integer", "minimum": 1, "maximum": MAX_SIDE},
-                        "K": _matrix(3, 3), "camtoworld": _matrix(4, 4)}},
+                        "K": _matrix(3, 3, 1e6), "camtoworld": _matrix(4, 4, 1e6)}},
     ],
 }
 
@@ -155,7 +158,8 @@ SELECTION = {
     "oneOf": [
         {"type": "object", "additionalProperties": False, "required": ["text"], "properties": QUERY_OPTIONS},
         {"type": "object", "additionalProperties": False, "required": ["ids"],
-         "properties": {"ids": {"type": "array", "items": {"type": "integer", "minimum": 0}, "maxItems": MAX_IDS}}},
+         "properties": {"ids": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 2**62},
+                                "maxItems": MAX_IDS}}},
         {"type": "object", "additionalProperties": False, "required": ["prompt"],
          "properties": {"prompt": {"type": "object", "additionalProperties": False, "required": ["camera"],
                                    "properties": PROMPT_FIELDS}}},
@@ -193,6 +197,8 @@ def _json_response(description: str, example: dict) -> dict:
     return {"description": description, "content": {"application/json": {"schema": {"type": "object"}, "example": example}}}
 
 
+BINARY = {"type": "string", "format": "binary"}
+
 ERROR = _json_response("bad request: the message names the field", {"error": "body.text: must not be empty"})
 
 SELECTION_EXAMPLE = {"num_selected": 253, "num_gaussians": 52523, "bbox": [[-0.15, -0.17, -0.47], [-0.07, -0.12, -0.39]],
@@ -214,9 +220,9 @@ def openapi(title: str, version: str) -> dict:
                   {"description": "with a name: where it was saved; without: the PLY itself",
                    "content": {"application/json": {"example": {"saved": "edits/no_mug.ply", "num_gaussians": 52270,
                                                                 "selection": SELECTION_EXAMPLE}},
-                               "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
+                               "application/octet-stream": {"schema": BINARY}}}),
         "/render": ("Render a view as a PNG",
-                    {"description": "the picture", "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}),
+                    {"description": "the picture", "content": {"image/png": {"schema": BINARY}}}),
     }
     paths: Dict[str, Any] = {
         "/health": {"get": {"summary": "Liveness and what the run holds",
@@ -228,6 +234,7 @@ def openapi(title: str, version: str) -> dict:
     }
     for path, (summary, ok) in post.items():
         paths[path] = {"post": {"summary": summary,
-                                "requestBody": {"required": True, "content": {"application/json": {"schema": REQUESTS[path]}}},
+                                "requestBody": {"required": True,
+                                                "content": {"application/json": {"schema": REQUESTS[path]}}},
                                 "responses": {"200": ok, "400": ERROR, "404": ERROR, "413": ERROR}}}
     return {"openapi": "3.1.0", "info": {"title": title, "version": version}, "paths": paths}
