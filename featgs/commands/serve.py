@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import ipaddress
 import sys
 from pathlib import Path
@@ -65,9 +66,12 @@ def run_serve(args: argparse.Namespace) -> int:
     prompts = "SAM's mask decoder" if field.mask_decoder is not None else "feature affinity"
     print(f"serving {args.run} ({field.num_gaussians} Gaussians; prompts by {prompts}) on {server.url}  "
           f"(API: {server.url}/openapi.json; Ctrl-C stops)", flush=True)
+    # Honour Ctrl-C even when the parent shell started us with SIGINT ignored (background jobs).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         server.serve_forever()
     finally:
+        signal.signal(signal.SIGINT, previous)
         server.server_close()
     return 0
 

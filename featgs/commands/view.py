@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"featgs view: serving {args.run} at {app.url} (Ctrl-C to stop)", flush=True)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: app.stop())
+        # Honour Ctrl-C even when the parent shell started us with SIGINT ignored (background jobs).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app.serve()
     except KeyboardInterrupt:
