@@ -7,6 +7,7 @@ objects by where their selection lies in 3D, against the scene description's pos
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -22,7 +23,7 @@ from featgs.cli import main
 from featgs.data import load_scene
 from featgs.data.procedural import MakeConfig, make_scene, resolve_scene
 from featgs.errors import FeatgsError
-from featgs.gaussians import Gaussians, load_ply
+from featgs.gaussians import Gaussians, LinearDecoder, load_ply, save_ply
 from featgs.pictures import palette
 from featgs.query import (
     CleanConfig,
@@ -387,3 +388,38 @@ def test_cli(run, tmp_path, capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "example" in capsys.readouterr().out
+
+
+def test_runs_of_several_teachers_use_each_teachers_channels(run, field, views, checkpoints, tmp_path):
+    """A run of SAM + labels features: text queries read the labels block, prompts go through
+    SAM's decoder on the SAM block (random tiny SAM weights: only shapes can be checked)."""
+    g = field.gaussians
+    multi = tmp_path / "multi"
+    shutil.copytree(run, multi, ignore=shutil.ignore_patterns("edits", "checkpoint.pt"))
+    info = json.loads((multi / "run.json").read_text())
+    sam_dim = 256
+    info["teachers"] = [{"name": "sam", "model_id": "sam-test", "dim": sam_dim, "channels": [0, sam_dim]},
+                        {"name": "labels", "model_id": info["teacher"]["model_id"], "dim": 384,
+                         "channels": [sam_dim, sam_dim + 384]}]
+    info["config"]["teacher"] = "sam,labels"
+    info["config"]["teacher_options"] = {"sam_checkpoint": str(checkpoints.sam), "teacher_device": "cpu"}
+    (multi / "run.json").write_text(json.dumps(info))
+    sam_part = torch.randn(len(g), 8, generator=torch.Generator().manual_seed(0))
+    decoder = LinearDecoder(torch.block_diag(torch.randn(sam_dim, 8), g.decoder.weight),
+                            torch.cat([torch.zeros(sam_dim), g.decoder.bias]))
+    save_ply(multi / "point_cloud.ply", g.with_features(torch.cat([sam_part, g.features], 1), decoder))
+
+    both = FeatureField.load(multi)
+    assert both.text_channels == (sam_dim, sam_dim + 384) and both.decoder_channels == (0, sam_dim)
+    assert isinstance(both.mask_decoder, SamMaskDecoder)
+    assert torch.equal(both.query("table").ids, field.query("table").ids)
+    torch.testing.assert_close(both.relevancy("cup"), field.relevancy("cup"), atol=1e-5, rtol=1e-4)
+    mask, sel = both.prompt(views[0].camera, points=[[16.5, 1.5]])
+    assert mask.shape == (32, 32) and mask.dtype == torch.bool and sel.rule == "decoder"
+    # without SAM's weights, prompts fall back to feature affinity on the labels block
+    affinity = FeatureField.load(multi, device="cpu")
+    affinity = dataclasses.replace(affinity, mask_decoder=None)
+    _, sel = affinity.prompt(views[0].camera, points=[[16.5, 1.5]])
+    assert sel.rule == "point" and len(sel) > 0
+    with pytest.raises(FeatgsError, match="no SAM features"):
+        FeatureField.load(run, sam_checkpoint=checkpoints.sam)

@@ -108,11 +108,13 @@ def test_edit_saves_under_the_run_or_returns_the_ply(server, run, tmp_path):
     assert status == 200 and kind == "application/octet-stream" and ply.startswith(b"ply\n")
     (tmp_path / "r.ply").write_bytes(ply)
     assert len(load_ply(tmp_path / "r.ply")) == len(load_ply(run / "point_cloud.ply"))
-    status, _, out = call(server, "POST", "/edit", {"selection": {"prompt": {"camera": {"view": 0}, "points": [[16.5, 1.5]]}},
-                                                    "op": "translate", "offset": [0, 0, 0.1], "name": "moved-wall_1"})
+    clicked = {"prompt": {"camera": {"view": 0}, "points": [[16.5, 1.5]]}}
+    status, _, out = call(server, "POST", "/edit", {"selection": clicked, "op": "translate", "offset": [0, 0, 0.1],
+                                                    "name": "moved-wall_1"})
     assert status == 200 and (run / "edits" / "moved-wall_1.ply").exists()
 
 
+EYE4 = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
 BAD = [
     ("POST", "/query", {"text": ""}, 400, "empty"),
     ("POST", "/query", {"text": "   "}, 400, "blank"),
@@ -127,11 +129,11 @@ BAD = [
     ("POST", "/segment", {"camera": {"view": 3}}, 400, "view index"),
     ("POST", "/segment", {"camera": {"view": 0, "split": "val"}}, 400, "camera"),
     ("POST", "/segment", {"camera": {"width": 4096, "height": 10, "K": [[1, 0, 1], [0, 1, 1], [0, 0, 1]],
-                                     "camtoworld": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}}, 400, "camera"),
+                                     "camtoworld": EYE4}}, 400, "camera"),
     ("POST", "/segment", {"camera": {"width": 10, "height": 10, "K": [[1, 0, 1], [0, 1, 1], [0, 0, 1]],
                                      "camtoworld": [[2, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}}, 400, "rigid"),
     ("POST", "/segment", {"camera": {"width": 10, "height": 10, "K": [[-1, 0, 1], [0, 1, 1], [0, 0, 1]],
-                                     "camtoworld": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}}, 400, "focal"),
+                                     "camtoworld": EYE4}}, 400, "focal"),
     ("POST", "/segment", {"camera": {"view": 0}, "labels": []}, 400, "items"),
     ("POST", "/prompt", {"camera": {"view": 0}}, 400, "foreground point or a box"),
     ("POST", "/prompt", {"camera": {"view": 0}, "points": [[100, 1]]}, 400, "inside"),
@@ -145,9 +147,9 @@ BAD = [
     ("POST", "/edit", {"selection": {"ids": [10 ** 9]}, "op": "delete"}, 400, "ids must lie"),
     ("POST", "/edit", {"selection": {"ids": [10 ** 30]}, "op": "delete"}, 400, "must lie in"),
     ("POST", "/render", {"camera": {"width": 10, "height": 10, "K": [[1e300, 0, 1], [0, 1, 1], [0, 0, 1]],
-                                    "camtoworld": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}}, 400, "must lie in"),
+                                    "camtoworld": EYE4}}, 400, "must lie in"),
     ("POST", "/render", {"camera": {"width": 10, "height": 10, "K": [[9e5, 0, 1], [0, 1, 1], [0, 0, 1]],
-                                    "camtoworld": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}}, 400, "focal"),
+                                    "camtoworld": EYE4}}, 400, "focal"),
     ("POST", "/edit", {"selection": {"ids": [1], "text": "a"}, "op": "delete"}, 400, "selection"),
     ("POST", "/edit", {"selection": {"text": "wall"}, "op": "delete", "name": "../../evil"}, 400, "paths are not accepted"),
     ("POST", "/edit", {"selection": {"text": "wall"}, "op": "delete", "name": "/tmp/evil"}, 400, "paths are not accepted"),

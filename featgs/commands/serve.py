@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import ipaddress
+import signal
 import sys
 from pathlib import Path
 

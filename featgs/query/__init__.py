@@ -4,20 +4,22 @@
 - :class:`Selection` a set of Gaussians with its bounding box and centroid
 - edits :class:`Delete`, :class:`Extract`, :class:`Recolor`, :class:`Translate`
 - :class:`QueryConfig`, :class:`PromptConfig`, :class:`CleanConfig` their parameters
-- :class:`MaskDecoder` the hook for a SAM-style decoder on rendered feature maps
+- :class:`MaskDecoder` the hook for a SAM-style decoder on rendered feature maps, and
+  :class:`SamMaskDecoder` SAM's (used by runs with SAM features when the weights are there)
 - :func:`segment_features`, :func:`confusion_matrix`, :func:`miou_and_accuracy` (evaluation)
 """
 
 from featgs.query.clean import CleanConfig
 from featgs.query.edit import Delete, EditOp, Extract, Recolor, Translate
 from featgs.query.field import RENDER_MODES, FeatureField
-from featgs.query.prompt import MaskDecoder, PromptConfig
+from featgs.query.prompt import MaskDecoder, PromptConfig, SamMaskDecoder
 from featgs.query.relevancy import DEFAULT_NEGATIVES, QueryConfig
 from featgs.query.segment import confusion_matrix, miou_and_accuracy, segment_features
 from featgs.query.selection import Selection
 
 __all__ = [
     "DEFAULT_NEGATIVES", "RENDER_MODES", "CleanConfig", "Delete", "EditOp", "Extract", "FeatureField", "MaskDecoder",
-    "PromptConfig", "QueryConfig", "Recolor", "Selection", "Translate", "confusion_matrix", "miou_and_accuracy",
+    "PromptConfig", "QueryConfig", "Recolor", "SamMaskDecoder", "Selection", "Translate", "confusion_matrix",
+    "miou_and_accuracy",
     "segment_features",
 ]

@@ -15,6 +15,7 @@ server does.
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -155,9 +156,13 @@ class FeatureField:
         train = test = ()
         data = Path(info.get("data", ""))
         if data.is_dir():
-            scene = load_scene(data, downscale=config.downscale)
-            train = tuple(v.camera for v in scene.train)
-            test = tuple(v.camera for v in scene.test)
+            try:
+                scene = load_scene(data, downscale=config.downscale)
+                train = tuple(v.camera for v in scene.train)
+                test = tuple(v.camera for v in scene.test)
+            except FeatgsError as e:  # the features still answer; only views and cleaning need the data
+                warnings.warn(f"{root}: its data folder cannot be loaded ({e}); no views, and selections are "
+                              "not cleaned of hidden Gaussians", stacklevel=2)
         first = next(iter(blocks.values()), None)
         return cls(gaussians=g, encoder=encoder, model_id=model_ids.get(text),
                    text_channels=whole(blocks[text]) if text else None,
@@ -387,8 +392,8 @@ class FeatureField:
             return self._decoder_prompt(camera, p, config, cleaning)
         keep = self._affinity_select(camera, p, config)
         if config.clean:
-            keep = keep | hidden_behind(self.gaussians, keep, spread(self._carving_cameras(), cleaning.views),
-                                        alpha=cleaning.alpha)
+            cams = spread(self._carving_cameras(), cleaning.views, cleaning.size)
+            keep = keep | hidden_behind(self.gaussians, keep, cams, alpha=cleaning.alpha)
         rule = "point" if bool((p.point_labels == 1).any()) else "box"
         sel = Selection.from_mask(self.gaussians.means, keep, threshold=config.affinity, rule=rule)
         mask = self.mask(camera, sel)
@@ -436,12 +441,16 @@ class FeatureField:
         keep = torch.zeros(self.num_gaussians, dtype=torch.bool)
         means, r = g.means.detach().cpu(), radii(g).cpu()
         for j, (_, ids, foreground) in sorted(enumerate(seeds), key=lambda s: not s[1][2]):  # foreground first
-            cand = torch.nonzero(cos[:, j] >= config.affinity).squeeze(1)
-            held = torch.isin(cand, ids)
+            # Groups are found among the Gaussians within `link` of the seed, so that a thin part
+            # whose features wobble (a lamp's pole) still joins what it holds together; only the
+            # ones within `affinity` are taken.
+            cand = torch.nonzero(cos[:, j] >= config.link).squeeze(1)
+            strong = cos[cand, j] >= config.affinity
+            held = torch.isin(cand, ids) & strong
             if not held.any():
                 continue
             groups = torch.from_numpy(touching_groups(means[cand], r[cand], config.overlap))
-            chosen = cand[torch.isin(groups, groups[held])]
+            chosen = cand[torch.isin(groups, groups[held]) & strong]
             keep[chosen] = foreground
         return keep
 

@@ -22,8 +22,9 @@ class Selection:
             frame (the PLY's coordinates); None when nothing is selected.
         centroid: [3] float32 mean of the selected centres; None when nothing is selected.
         threshold: the score a Gaussian needed, in the units of ``rule`` (None: not a threshold).
-        rule: how the selection was made ("labels", "relative", "absolute", "point", "box",
-            "mask", "ids").
+        rule: how the selection was made: a text query's threshold rule ("labels",
+            "relative", "absolute"), a prompt ("point", "box", "decoder"), a lifted 2D mask
+            ("mask"), or given ids ("ids").
         text: the query text, when there was one.
     """
 

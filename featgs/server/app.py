@@ -238,7 +238,9 @@ def _segment(server: FieldServer, body: Dict[str, Any]) -> Response:
 
 
 def _prompt_args(body: Dict[str, Any]) -> Dict[str, Any]:
-    config = PromptConfig() if "affinity" not in body else PromptConfig(affinity=body["affinity"])
+    config = PromptConfig()
+    if "affinity" in body:  # the linking threshold follows a lower affinity down
+        config = PromptConfig(affinity=body["affinity"], link=min(config.link, body["affinity"]))
     return dict(points=body.get("points"), point_labels=body.get("point_labels"), box=body.get("box"), config=config)
 
 
