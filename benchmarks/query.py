@@ -13,8 +13,12 @@ covers at least 20 pixels:
   whole label mask, or for a label of several objects, its largest connected region);
 - delete: PSNR against the ground truth of the pixels outside the object, before minus after
   deleting the query's selection ("drop"; "drop 1px": the 1-pixel anti-aliased border of
-  the object left out too); "gone": share of the object's pixels whose colour changed by more
-  than 0.1 (nothing can show the surface the object hid, but the object must not stay);
+  the object left out too); "ideal": the drop of a perfect deletion, the renders changed by
+  exactly what removing the object from the scene description changes in its ray-cast images
+  (shadows off: a deleted Gaussian casts none) - the anti-aliased border pixels mix the object
+  in, so even a perfect deletion loses PSNR there; "gone": share of the object's pixels whose
+  colour changed by more than 0.1 (nothing can show the surface the object hid, but the
+  object must not stay);
 - extract: "kept", the mean alpha of the extracted object over its ground-truth pixels;
   "spill", its alpha on floor, wall and ceiling pixels (beyond the object's 1-pixel border)
   relative to its alpha on its own pixels (pixels of other objects are not counted: the
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import colorsys
+import dataclasses
 import math
 import sys
 import time
@@ -45,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _util import device_name, print_table, save_results  # noqa: E402
 
 from featgs.data import load_scene  # noqa: E402
+from featgs.data.procedural.make import render_view  # noqa: E402
 from featgs.data.procedural.spec import parse_scene_spec  # noqa: E402
 from featgs.query import Delete, Extract, FeatureField, Recolor  # noqa: E402
 from featgs.render import render  # noqa: E402
@@ -99,7 +105,11 @@ def main() -> None:
     for k, name in scene.label_names.items():
         ids_of.setdefault(name, []).append(k)
     objects = [n for n in field.label_names if n not in STUFF]
-    instances = parse_scene_spec((Path(info["data"]) / "scene.txt").read_text()).instances_per_label()
+    spec = parse_scene_spec((Path(info["data"]) / "scene.txt").read_text())
+    instances = spec.instances_per_label()
+    unlit = dataclasses.replace(spec, lights=tuple(dataclasses.replace(light, shadow=0.0) for light in spec.lights))
+    input_cameras = [v.camera for v in load_scene(info["data"], normalize=False).test[: len(views)]]
+    unlit_images = [torch.from_numpy(render_view(unlit, c, 2).rgb).float() for c in input_cameras]
     stuff_ids = [k for n in STUFF for k in ids_of.get(n, [])]
     gts = [(v, v.image(), v.labels().numpy()) for v in views]
     with torch.no_grad():
@@ -112,11 +122,13 @@ def main() -> None:
         q_seconds = time.perf_counter() - t0
         deleted = field.edit(sel, Delete())
         extracted = field.edit(sel, Extract())
-        rec = {"query_iou": [], "point_iou": [], "box_iou": [], "drop": [], "drop_1px": [], "gone": [],
+        without = dataclasses.replace(unlit, primitives=tuple(p for p in unlit.primitives
+                                                            if spec.labels[p.label_id] != name))
+        rec = {"query_iou": [], "point_iou": [], "box_iou": [], "drop": [], "drop_1px": [], "ideal": [], "gone": [],
                "extract_kept": [], "extract_spill": [], "hue_error": [], "recolour_outside_psnr": [], "pixels": []}
         target = None
         recoloured = None
-        for (v, image, labels), before in zip(gts, originals):
+        for (v, image, labels), before, cam_in, unlit_image in zip(gts, originals, input_cameras, unlit_images):
             gt = np.isin(labels, ids_of[name])
             if gt.sum() < MIN_PIXELS:
                 continue
@@ -136,6 +148,8 @@ def main() -> None:
                 alone = render(extracted.gaussians, v.camera, features=False)
             rec["drop"].append(psnr(before, image, ~gt_t) - psnr(after, image, ~gt_t))
             rec["drop_1px"].append(psnr(before, image, ~band) - psnr(after, image, ~band))
+            ideal = (before + torch.from_numpy(render_view(without, cam_in, 2).rgb).float() - unlit_image).clamp(0, 1)
+            rec["ideal"].append(psnr(before, image, ~gt_t) - psnr(ideal, image, ~gt_t))
             rec["gone"].append(float(((after - before).abs().amax(-1) > 0.1)[gt_t].float().mean()))
             alpha = alone.alpha[..., 0].cpu()
             stuff = torch.from_numpy(np.isin(labels, stuff_ids)) & ~band
@@ -159,7 +173,8 @@ def main() -> None:
         rows.append([name, summary["views"], f"{summary['pixels']:.0f}", len(sel),
                      f"{summary['query_iou']:.3f}", f"{summary['min_query_iou']:.3f}",
                      f"{summary['point_iou']:.3f}", f"{summary['box_iou']:.3f}",
-                     f"{summary['drop']:.2f}", f"{summary['drop_1px']:.2f}", f"{summary['gone']:.2f}",
+                     f"{summary['drop']:.2f}", f"{summary['ideal']:.2f}", f"{summary['drop_1px']:.2f}",
+                     f"{summary['gone']:.2f}",
                      f"{summary['extract_kept']:.3f}", f"{summary['extract_spill']:.3f}", f"{summary['hue_error']:.1f}",
                      f"{summary['recolour_outside_psnr']:.1f}"])
         print(f"  {name}: done", flush=True)
@@ -168,7 +183,7 @@ def main() -> None:
               f"of {views[0].camera.width}x{views[0].camera.height}); {device_name(field.gaussians.device)}")
     print(header)
     table = print_table(["object", "views", "px", "selected", "query IoU", "min", "point IoU", "box IoU",
-                         "del drop dB", "drop 1px", "gone", "extr kept", "spill", "hue err", "recol out dB"], rows)
+                         "del drop dB", "ideal", "drop 1px", "gone", "extr kept", "spill", "hue err", "recol out dB"], rows)
 
     # synonyms: rank of the intended object by mean rendered relevancy inside each label's pixels
     syn_rows, synonyms = [], []

@@ -151,6 +151,16 @@ def test_threshold_rules(field):
         field.query("mug", negatives="object")
 
 
+def test_repeated_queries_give_the_same_selection_and_edits_start_afresh(field):
+    first, again = field.query("blue book"), field.query("blue book")
+    assert torch.equal(first.ids, again.ids) and torch.equal(first.bbox, again.bbox) and again.text == "blue book"
+    assert len(field.query("blue book", config=QueryConfig(threshold=0.999, clean=False))) < len(first)
+    # an edited field has other Gaussians: its queries are its own
+    without = field.edit(first, Delete())
+    assert without.num_gaussians == field.num_gaussians - len(first)
+    assert len(without.query("blue book")) < len(first) / 4
+
+
 def test_cleaning_adds_hidden_and_drops_floaters():
     """A ball of Gaussians: what it hides from every camera joins it, strays leave, what is
     in front of it or beside it stays out."""

@@ -44,7 +44,10 @@ class CleanConfig:
             the more, the tighter (on the demo, deleting the table with 24 of its 60 training
             views also took floor under it that 60 views show: 1.96 instead of 1.61 dB lost
             outside the table).
-        alpha: a pixel is inside the selection's silhouette when its alpha exceeds this.
+        alpha: a pixel is inside the selection's silhouette when its alpha exceeds this. A
+            high bar keeps what shows through the silhouette's soft edge: on the demo, 0.8
+            instead of 0.5 kept more of the floor under the table (1.53 instead of 1.61 dB
+            lost outside it) and removed as much of the table (64% of its pixels changed).
         size: the carving renders are at most this many pixels on their longer side (the
             cameras are scaled down): the hull needs silhouettes, not detail.
     """
@@ -52,7 +55,7 @@ class CleanConfig:
     overlap: float = 3.0
     min_group: float = 0.05
     views: int = 64
-    alpha: float = 0.5
+    alpha: float = 0.8
     size: int = 256
 
     def __post_init__(self) -> None:
@@ -116,7 +119,7 @@ def spread(cameras: Sequence[Camera], count: int, size: int) -> list[Camera]:
 
 
 @torch.no_grad()
-def hidden_behind(gaussians: Gaussians, keep: Tensor, cameras: Sequence[Camera], *, alpha: float = 0.5) -> Tensor:
+def hidden_behind(gaussians: Gaussians, keep: Tensor, cameras: Sequence[Camera], *, alpha: float = 0.8) -> Tensor:
     """[N] bool: unselected Gaussians the selection hides in every camera that sees their place.
 
     A Gaussian counts as hidden in a view when its centre projects inside the selection's

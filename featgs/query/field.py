@@ -56,6 +56,7 @@ from featgs.render import render as render_view
 RENDER_MODES = ("rgb", "depth", "features", "relevancy", "segmentation", "selection")
 MAX_TEXT = 500  # characters in one query or label text
 _TEXT_CACHE = 1024  # embeddings kept per field
+_SELECTION_CACHE = 256  # text-query selections kept per field
 _LIFT_TOP_K = 16
 
 
@@ -97,6 +98,10 @@ class FeatureField:
     root: Optional[Path] = None
     no_text_reason: str = "the run's teacher is not language-aligned (or it has none)"
     _texts: Dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
+    # Text queries are pure functions of the (immutable) field, so their selections are kept;
+    # not an init field, so the new fields that edits make start empty.
+    _selections: Dict[tuple, Tuple[Tensor, float, str]] = field(default_factory=dict, init=False, repr=False,
+                                                                compare=False)
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
@@ -241,6 +246,10 @@ class FeatureField:
         """
         rule = config.resolved_rule(bool(self.label_names))
         negs = negatives_or_default(negatives)
+        key = (text, tuple(negs), config, cleaning)
+        if key in self._selections:
+            keep, threshold, rule = self._selections[key]
+            return Selection.from_mask(self.gaussians.means, keep, threshold=threshold, rule=rule, text=text)
         vecs = self.embed([text, *negs])
         cos = self.space.cosine(vecs)
         r = pairwise_relevancy(cos[:, 0], cos[:, 1:], config.temperature)
@@ -259,6 +268,9 @@ class FeatureField:
         keep = keep.cpu()
         if config.clean:
             keep = clean_selection(self.gaussians, keep, self._carving_cameras(), cleaning)
+        if len(self._selections) >= _SELECTION_CACHE:
+            self._selections.pop(next(iter(self._selections)))
+        self._selections[key] = (keep, float(threshold), rule)
         return Selection.from_mask(self.gaussians.means, keep, threshold=float(threshold), rule=rule, text=text)
 
     def clean(self, selection: Selection, config: CleanConfig = CleanConfig()) -> Selection:
