@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import device_name, print_table, save_results  # noqa: E402
+from _util import device_name, print_table, save_results, time_it  # noqa: E402
 
 from featgs.data import load_scene  # noqa: E402
 from featgs.data.procedural.make import render_view  # noqa: E402
@@ -212,19 +212,15 @@ def main() -> None:
     gt0 = np.isin(gts[k][2], ids_of[probe])
     y, x = np.unravel_index(ndimage.distance_transform_edt(instance(gt0)).argmax(), gt0.shape)
 
-    def timed(fn, repeats: int = 5) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
+    def timed(fn) -> float:
+        return time_it(fn, field.gaussians.device, repeats=5)
 
     latency = {
-        "query, new text (embedding included)": timed(lambda: field.query(f"the {probe} {time.perf_counter_ns()}")),
-        "query (cached text, cleaned)": timed(lambda: field.query(probe)),
-        "query (raw threshold, no cleaning)": timed(lambda: field.query(probe, config=_raw())),
+        "query, new text (embedding, threshold, cleaning)": timed(
+            lambda: field.query(f"the {probe} {time.perf_counter_ns()}")),
+        "query, new text, raw threshold (no cleaning)": timed(
+            lambda: field.query(f"the {probe} {time.perf_counter_ns()}", config=_raw())),
+        "query, a text asked before (kept selection)": timed(lambda: field.query(probe)),
         "relevancy map (1 view)": timed(lambda: field.relevancy_map(cam, probe)),
         "point prompt": timed(lambda: field.prompt(cam, points=[[x + 0.5, y + 0.5]])),
         "segment (1 view)": timed(lambda: field.segment(cam)),

@@ -8,10 +8,10 @@ repeated with their centres jittered by one radius and their features by 5% of t
 so that selections have the run's shape and size ratios (a query for the table picks about a
 quarter of the field).
 
-1. Query latency per size: a new text (the embedding included), a cached text with the raw
-   threshold, the same cleaned (floaters and hidden Gaussians, see featgs.query.clean: its
-   cost grows with the selection, so it is timed for the largest object and a small one) and
-   the per-Gaussian relevancy alone.
+1. Query latency per size: a new text with the raw threshold (the embedding included), the
+   per-Gaussian relevancy alone, a text asked before (a field keeps its selections), and the
+   cleaning a query adds by default (floaters and hidden Gaussians, featgs.query.clean: its
+   cost grows with the selection, so it is timed for the largest object and a small one).
 2. Relevancy maps per view: the per-Gaussian relevancy rendered as one channel (what
    ``FeatureField.relevancy_map`` does) against rendering the d-dim stored features and then
    decoding every pixel and taking its relevancy (the approach of Feature 3DGS and LERF), and,
@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import device_name, print_table, save_results  # noqa: E402
+from _util import device_name, print_table, save_results, time_it  # noqa: E402
 
 from featgs.gaussians import Gaussians  # noqa: E402
 from featgs.query import FeatureField, QueryConfig  # noqa: E402
@@ -59,17 +58,6 @@ def grown(field: FeatureField, n: int, seed: int = 0) -> FeatureField:
     params["features"][extra] += 0.05 * spread * torch.randn(int(extra.sum()), g.feature_dim, generator=gen)
     big = Gaussians.from_params(params, decoder=g.decoder)
     return dataclasses.replace(field, gaussians=big, _texts=dict(field._texts))
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def decoded_relevancy_map(field: FeatureField, camera, text: str) -> torch.Tensor:
@@ -108,28 +96,31 @@ def main() -> None:
     for n in sizes:
         field = grown(base, n)
         field.space  # noqa: B018 - built once per field, as on load
+        timed = functools.partial(time_it, device=field.gaussians.device, repeats=args.repeats)
         counter = iter(range(10**6))
-        new_text = timed(lambda: field.query(f"the {PROBE} {next(counter)}", config=QueryConfig(clean=False)),
-                         args.repeats)
-        raw = timed(lambda: field.query(PROBE, config=QueryConfig(clean=False)), args.repeats)
-        cleaned = timed(lambda: field.query(PROBE), args.repeats)
-        small = timed(lambda: field.query(SMALL), args.repeats)
-        relevancy = timed(lambda: field.relevancy(PROBE), args.repeats)
+        new_text = timed(lambda: field.query(f"the {PROBE} {next(counter)}", config=QueryConfig(clean=False)))
+        relevancy = timed(lambda: field.relevancy(PROBE))
+        asked_before = timed(lambda: field.query(PROBE))
+        raw, raw_small = (field.query(t, config=QueryConfig(clean=False)) for t in (PROBE, SMALL))
+        cleaning = timed(lambda: field.clean(raw))
+        cleaning_small = timed(lambda: field.clean(raw_small))
         selected, selected_small = len(field.query(PROBE)), len(field.query(SMALL))
-        results["query"].append(dict(num_gaussians=n, selected=selected, new_text=new_text, raw=raw, cleaned=cleaned,
-                                     selected_small=selected_small, cleaned_small=small, relevancy=relevancy))
-        query_rows.append([f"{n:,}", f"{1000 * new_text:.0f}", f"{1000 * raw:.0f}", f"{1000 * relevancy:.0f}",
-                           f"{selected:,}", f"{1000 * cleaned:.0f}", f"{selected_small:,}", f"{1000 * small:.0f}"])
+        results["query"].append(dict(num_gaussians=n, new_text=new_text, relevancy=relevancy, asked_before=asked_before,
+                                     selected=selected, cleaning=cleaning, selected_small=selected_small,
+                                     cleaning_small=cleaning_small))
+        query_rows.append([f"{n:,}", f"{1000 * new_text:.0f}", f"{1000 * relevancy:.0f}", f"{1000 * asked_before:.1f}",
+                           f"{selected:,}", f"{1000 * cleaning:.0f}", f"{selected_small:,}",
+                           f"{1000 * cleaning_small:.0f}"])
         print(f"  queries on {n:,} Gaussians: done", flush=True)
 
         for res in resolutions if n == sizes[0] else resolutions[1:2]:
             cam = view.scaled(res / max(view.width, view.height))
-            scalar = timed(lambda: field.relevancy_map(cam, PROBE), args.repeats)
-            low = timed(lambda: decoded_relevancy_map(field, cam, PROBE), args.repeats)
+            scalar = timed(lambda: field.relevancy_map(cam, PROBE))
+            low = timed(lambda: decoded_relevancy_map(field, cam, PROBE))
             row = dict(num_gaussians=n, size=res, scalar=scalar, decoded=low, full=None)
             if n == sizes[0]:
                 decoded = field.space.decode(field.gaussians.features)
-                row["full"] = timed(lambda: full_feature_relevancy_map(field, cam, PROBE, decoded), args.repeats)
+                row["full"] = timed(lambda: full_feature_relevancy_map(field, cam, PROBE, decoded))
                 row["full_dim"] = int(decoded.shape[1])
             results["relevancy_map"].append(row)
             render_rows.append([f"{n:,}", f"{res}x{res}", f"{1 / scalar:.1f}", f"{1 / low:.1f}",
@@ -137,13 +128,12 @@ def main() -> None:
                                 "-" if row["full"] is None else f"{1 / row['full']:.2f}",
                                 "-" if row["full"] is None else f"{row['full'] / scalar:.1f}x"])
             print(f"  relevancy maps on {n:,} Gaussians at {res}: done", flush=True)
-        del field
 
     d, D = base.gaussians.feature_dim, base.space.dim
     header = (f"query and relevancy-map scaling from {args.run} (encoder {base.model_id}, d={d} stored -> D={D} "
               f"decoded); {device_name(base.gaussians.device)}; medians of {args.repeats}")
-    q_table = print_table(["Gaussians", "new text ms", "raw ms", "relevancy only ms", f"{PROBE}: selected",
-                           "cleaned ms", f"{SMALL}: selected", "cleaned ms"], query_rows)
+    q_table = print_table(["Gaussians", "new text ms", "relevancy only ms", "asked before ms", f"{PROBE}: selected",
+                           "cleaning ms", f"{SMALL}: selected", "cleaning ms"], query_rows)
     r_table = print_table(["Gaussians", "image", "scalar FPS", f"d={d} render+decode FPS", "speed-up",
                            f"D={D} render FPS", "speed-up"], render_rows)
     save_results("query-scale", {"device_kind": base.gaussians.device.type, "device": device_name(base.gaussians.device),

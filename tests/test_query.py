@@ -161,6 +161,20 @@ def test_repeated_queries_give_the_same_selection_and_edits_start_afresh(field):
     assert len(without.query("blue book")) < len(first) / 4
 
 
+def test_text_embeddings_survive_a_full_cache(field, monkeypatch):
+    """More texts than the cache holds: every query still embeds what it needs (its
+    negatives were once evicted in the middle of a query and it failed)."""
+    import featgs.query.field as field_module
+
+    reference = {t: field.embed([t])[0] for t in ("cup", "lamp", "fruit")}
+    small = dataclasses.replace(field, _texts={})
+    monkeypatch.setattr(field_module, "_TEXT_CACHE", 3)
+    for text in ("cup", "lamp", "fruit", "cup"):
+        assert len(small.query(text, config=QueryConfig(clean=False))) > 0
+        torch.testing.assert_close(small.embed([text])[0], reference[text])
+    assert len(small._texts) <= 3
+
+
 def test_cleaning_adds_hidden_and_drops_floaters():
     """A ball of Gaussians: what it hides from every camera joins it, strays leave, what is
     in front of it or beside it stays out."""

@@ -214,16 +214,19 @@ class FeatureField:
         for t in texts:
             if not isinstance(t, str) or not t.strip() or len(t) > MAX_TEXT:
                 raise FeatgsError(f"texts must be non-empty strings of at most {MAX_TEXT} characters, got {t!r:.80}")
-        missing = list(dict.fromkeys(t for t in texts if t not in self._texts))
+        found = {t: self._texts[t] for t in texts if t in self._texts}
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
         if missing:
             if not self._texts and self.model_id and self.encoder.model_id != self.model_id:
                 raise FeatgsError(f"the run's features were distilled with {self.model_id}; the installed text "
                                   f"encoder is {self.encoder.model_id}, whose embeddings do not match")
-            for t, v in zip(missing, self.encoder.encode_text(missing).float().cpu()):
-                if len(self._texts) >= _TEXT_CACHE:
-                    self._texts.pop(next(iter(self._texts)))
-                self._texts[t] = v
-        out = torch.stack([self._texts[t] for t in texts])
+            found.update(zip(missing, self.encoder.encode_text(missing).float().cpu()))
+        for t in dict.fromkeys(texts):  # least recently used first: the negatives of every query stay
+            self._texts.pop(t, None)
+            self._texts[t] = found[t]
+        while len(self._texts) > _TEXT_CACHE:
+            self._texts.pop(next(iter(self._texts)))
+        out = torch.stack([found[t] for t in texts])
         if out.shape[1] != self.space.dim:
             raise FeatgsError(f"text embeddings are {out.shape[1]}-dim but the run renders {self.space.dim}-dim features")
         return out
