@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from featgs.cli import main
+from featgs.data import load_scene
 from featgs.gaussians import load_ply
 from featgs.query import FeatureField
 from featgs.server import FieldServer
@@ -92,6 +94,25 @@ def test_query_segment_prompt_render(server, run):
     for mode in ("rgb", "depth", "features", "relevancy", "segmentation", "selection"):
         status, kind, image = call(server, "POST", "/render", {"camera": explicit, "mode": mode, "text": "table"})
         assert status == 200 and kind == "image/png" and png(image).shape == (32, 32, 3), mode
+
+
+def test_a_program_can_speak_in_its_datasets_frame(server, run):
+    """Selections report where things are in the dataset's frame too, and cameras can be posed
+    there: the same test view, posed as in the dataset's transforms.json, renders the same."""
+    field = FeatureField.load(run)
+    status, _, sel = call(server, "POST", "/query", {"text": "table"})
+    centroid = torch.tensor(sel["centroid"], dtype=torch.float64)
+    back = torch.linalg.inv(field.normalization) @ torch.cat([centroid, torch.ones(1, dtype=torch.float64)])
+    assert status == 200 and np.allclose(sel["dataset_frame"]["centroid"], back[:3].numpy(), atol=1e-4)
+    assert sel["dataset_frame"]["centroid"][2] > 0.5  # the table top stands 0.74 m above the floor
+    dataset_cam = load_scene(json.loads((run / "run.json").read_text())["data"], normalize=False).test[2].camera
+    posed = {"width": dataset_cam.width, "height": dataset_cam.height, "K": dataset_cam.K.tolist(),
+             "camtoworld": dataset_cam.camtoworld.tolist(), "frame": "dataset"}
+    _, _, there = call(server, "POST", "/render", {"camera": posed})
+    _, _, here = call(server, "POST", "/render", {"camera": {"view": 2}})
+    _, _, unmoved = call(server, "POST", "/render", {"camera": {**posed, "frame": "run"}})
+    assert np.abs(png(there).astype(int) - png(here).astype(int)).max() <= 1
+    assert np.abs(png(unmoved).astype(int) - png(here).astype(int)).mean() > 10
 
 
 def test_edit_saves_under_the_run_or_returns_the_ply(server, run, tmp_path):

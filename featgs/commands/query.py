@@ -11,7 +11,8 @@ from featgs.errors import FeatgsError
 
 DESCRIPTION = """\
 Select the Gaussians of a trained run that a text names, and print how many, their bounding
-box and centroid (in the run's frame, the PLY's coordinates).
+box and centroid: in the run's frame (the PLY's coordinates) and, for runs of normalised
+scenes, in the dataset's own frame (the one its camera poses are in; JSON key dataset_frame).
 
 Each Gaussian's relevancy is LERF's pairwise softmax of its feature's cosine to the text
 against negative phrases (default: object, things, stuff, texture). Which Gaussians are
@@ -111,16 +112,17 @@ def run_query(args: argparse.Namespace) -> int:
     if args.out is not None:
         save_png(args.out, field.render(camera, "relevancy", text=args.text, negatives=options["negatives"]))
     if args.json:
-        out = sel.to_dict(with_ids=args.ids)
+        out = field.describe(sel, with_ids=args.ids)
         if args.out is not None:
             out["heat_map"] = str(args.out)
         print(json.dumps(out))
         return 0
     print(f"{args.text!r}: {len(sel)} of {sel.num_gaussians} Gaussians (rule {sel.rule}, threshold {sel.threshold:.3g})")
-    if sel.bbox is not None:
-        lo, hi = (", ".join(f"{v:.3f}" for v in row) for row in sel.bbox.tolist())
-        print(f"  bbox     [{lo}] .. [{hi}]")
-        print(f"  centroid [{', '.join(f'{v:.3f}' for v in sel.centroid.tolist())}]")
+    summary = field.describe(sel)
+    for frame, where in (("run frame", summary), ("dataset frame", summary.get("dataset_frame"))):
+        if where and where["bbox"] is not None:
+            lo, hi = (", ".join(f"{v:.3f}" for v in row) for row in where["bbox"])
+            print(f"  {frame + ':':15} bbox [{lo}] .. [{hi}], centroid [{', '.join(f'{v:.3f}' for v in where['centroid'])}]")
     if args.out is not None:
         print(f"relevancy heat map of test view {0 if args.view is None else args.view} -> {args.out}")
     return 0

@@ -83,6 +83,9 @@ class FeatureField:
         decoder_channels: the mask decoder's block (None: all).
         root: the run folder, when loaded from one.
         no_text_reason: why ``encoder`` is None, for the error a text query gets.
+        normalization: [4, 4] float64 similarity from the dataset's frame (its camera poses)
+            to the field's (the run's normalised frame, the PLY's), or None when they are one.
+            Everything here works in the field's frame; :meth:`describe` adds the dataset's.
     """
 
     gaussians: Gaussians
@@ -97,6 +100,7 @@ class FeatureField:
     decoder_channels: Optional[Channels] = None
     root: Optional[Path] = None
     no_text_reason: str = "the run's teacher is not language-aligned (or it has none)"
+    normalization: Optional[Tensor] = None
     _texts: Dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
     # Text queries are pure functions of the (immutable) field, so their selections are kept;
     # not an init field, so the new fields that edits make start empty.
@@ -174,7 +178,7 @@ class FeatureField:
                    prompt_channels=whole(blocks[text] if text else first) if first else None,
                    label_names=names, train_cameras=train, test_cameras=test, mask_decoder=mask_decoder,
                    decoder_channels=whole(blocks[mask_decoder.teacher]) if mask_decoder is not None else None,
-                   root=root, no_text_reason=reason)
+                   root=root, no_text_reason=reason, normalization=_normalization(info))
 
     # -- basics -------------------------------------------------------------------------------
     @property
@@ -281,6 +285,30 @@ class FeatureField:
         keep = clean_selection(self.gaussians, self._mask_of(selection), self._carving_cameras(), config)
         return Selection.from_mask(self.gaussians.means, keep, threshold=selection.threshold,
                                    rule=selection.rule, text=selection.text)
+
+    def describe(self, selection: Selection, *, with_ids: bool = False) -> dict:
+        """JSON-ready summary of ``selection`` (see :meth:`Selection.to_dict`): its box and
+        centroid in the field's frame and, when the run was normalised, under ``dataset_frame``
+        the same in the frame of the dataset's camera poses (where a robot looks for the mug)."""
+        out = selection.to_dict(with_ids=with_ids)
+        if self.normalization is not None and len(selection):
+            from featgs.data.scene import transform_points
+
+            to_dataset = torch.linalg.inv(self.normalization.to(torch.float64))
+            pts = transform_points(to_dataset, self.gaussians.means.detach()[selection.ids.to(self.gaussians.device)]
+                                   .cpu().double())
+            out["dataset_frame"] = {"bbox": [pts.min(0).values.tolist(), pts.max(0).values.tolist()],
+                                    "centroid": pts.mean(0).tolist()}
+        return out
+
+    def from_dataset_frame(self, camera: Camera) -> Camera:
+        """``camera`` posed in the dataset's frame (e.g. a pose from its transforms.json or a
+        robot's), moved into the field's frame, where it renders and prompts."""
+        if self.normalization is None:
+            return camera
+        from featgs.data.normalize import transform_camera
+
+        return transform_camera(self.normalization, camera)
 
     def _carving_cameras(self) -> Tuple[Camera, ...]:
         return self.train_cameras or self.test_cameras
@@ -483,3 +511,17 @@ class FeatureField:
             raise FeatgsError(f"{path}: expected a .ply file name")
         save_ply(path, self.gaussians)
         return path
+
+
+def _normalization(info: dict) -> Optional[Tensor]:
+    """The run's [4, 4] dataset-to-run similarity, or None when it is the identity or unknown."""
+    T = info.get("normalization")
+    if T is None:
+        return None
+    try:
+        T = torch.tensor(T, dtype=torch.float64)
+    except (TypeError, ValueError):
+        T = torch.full((0,), float("nan"), dtype=torch.float64)
+    if T.shape != (4, 4) or not torch.isfinite(T).all():
+        raise FeatgsError("run.json: 'normalization' must be a finite 4x4 matrix of numbers")
+    return None if torch.equal(T, torch.eye(4, dtype=torch.float64)) else T

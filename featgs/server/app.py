@@ -198,7 +198,7 @@ def _camera(field: FeatureField, spec: Dict[str, Any]) -> Camera:
     """The camera a (validated) request names: a view of the run or explicit intrinsics and pose."""
     if "view" in spec:
         return field.camera(spec["view"], spec.get("split", "test"))
-    cam = Camera.from_dict(spec, source="camera")
+    cam = Camera.from_dict({k: v for k, v in spec.items() if k != "frame"}, source="camera")
     c2w = cam.camtoworld
     R = c2w[:3, :3]
     if not (torch.allclose(R.T @ R, torch.eye(3, dtype=R.dtype), atol=1e-3) and float(torch.det(R)) > 0
@@ -212,7 +212,7 @@ def _camera(field: FeatureField, spec: Dict[str, Any]) -> Camera:
             and abs(cam.cy) <= 10 * cam.height):
         raise FeatgsError(f"camera.K: focal lengths must be at most {100 * MAX_SIDE} pixels and the principal point "
                           "within ten image sizes of the image")
-    return cam
+    return field.from_dataset_frame(cam) if spec.get("frame") == "dataset" else cam
 
 
 def _query_config(body: Dict[str, Any]) -> QueryConfig:
@@ -223,7 +223,7 @@ def _query(server: FieldServer, body: Dict[str, Any]) -> Response:
     config = _query_config(body)
     with server.lock:
         sel = server.field.query(body["text"], body.get("negatives"), config=config)
-    return _json(sel.to_dict(with_ids=body.get("with_ids", False)))
+    return _json(server.field.describe(sel, with_ids=body.get("with_ids", False)))
 
 
 def _segment(server: FieldServer, body: Dict[str, Any]) -> Response:
@@ -250,7 +250,7 @@ def _prompt(server: FieldServer, body: Dict[str, Any]) -> Response:
         mask, sel = f.prompt(_camera(f, body["camera"]), **_prompt_args(body))
     png = _png(mask.numpy().astype(np.uint8) * 255)
     return _json({"mask_png": base64.b64encode(png).decode(), "mask_area": int(mask.sum()),
-                  "selection": sel.to_dict(with_ids=body.get("with_ids", False))})
+                  "selection": server.field.describe(sel, with_ids=body.get("with_ids", False))})
 
 
 def _selection(field: FeatureField, spec: Dict[str, Any]) -> Selection:
@@ -281,7 +281,7 @@ def _edit(server: FieldServer, body: Dict[str, Any]) -> Response:
             edited.save(target)
     if target is not None:
         return _json({"saved": f"{EDITS_FOLDER}/{target.name}", "num_gaussians": edited.num_gaussians,
-                      "selection": sel.to_dict()})
+                      "selection": server.field.describe(sel)})
     with tempfile.TemporaryDirectory() as tmp:
         path = edited.save(Path(tmp) / "edit.ply")
         return 200, "application/octet-stream", path.read_bytes()

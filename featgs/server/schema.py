@@ -114,8 +114,9 @@ def _matrix(rows: int, cols: int, bound: float) -> dict:
 TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
 
 CAMERA = {
-    "description": "a camera: either {view, split} (one of the run's views) or {width, height, K, camtoworld} "
-                   "(OpenCV: x right, y down, z forward; K in pixels)",
+    "description": "a camera: either {view, split} (one of the run's views) or {width, height, K, camtoworld, "
+                   "frame} (OpenCV: x right, y down, z forward; K in pixels; the pose in the run's frame, or with "
+                   "frame 'dataset' in the frame of the dataset's own camera poses)",
     "oneOf": [
         {"type": "object", "additionalProperties": False, "required": ["view"],
          "properties": {"view": {"type": "integer", "minimum": 0, "maximum": 1_000_000, "description": "view index"},
@@ -123,7 +124,8 @@ CAMERA = {
         {"type": "object", "additionalProperties": False, "required": ["width", "height", "K", "camtoworld"],
          "properties": {"width": {"type": "integer", "minimum": 1, "maximum": MAX_SIDE},
                         "height": {"type": "integer", "minimum": 1, "maximum": MAX_SIDE},
-                        "K": _matrix(3, 3, 1e6), "camtoworld": _matrix(4, 4, 1e6)}},
+                        "K": _matrix(3, 3, 1e6), "camtoworld": _matrix(4, 4, 1e6),
+                        "frame": {"type": "string", "enum": ["run", "dataset"], "description": "default run"}}},
     ],
 }
 
@@ -202,7 +204,9 @@ BINARY = {"type": "string", "format": "binary"}
 ERROR = _json_response("bad request: the message names the field", {"error": "body.text: must not be empty"})
 
 SELECTION_EXAMPLE = {"num_selected": 253, "num_gaussians": 52523, "bbox": [[-0.15, -0.17, -0.47], [-0.07, -0.12, -0.39]],
-                     "centroid": [-0.11, -0.15, -0.43], "threshold": 0.5, "rule": "labels", "text": "red mug"}
+                     "centroid": [-0.11, -0.15, -0.43], "threshold": 0.5, "rule": "labels", "text": "red mug",
+                     "dataset_frame": {"bbox": [[-0.23, -0.26, 0.72], [-0.11, -0.19, 0.84]],
+                                       "centroid": [-0.18, -0.22, 0.79]}}
 
 
 def openapi(title: str, version: str) -> dict:
