@@ -52,7 +52,7 @@ from _util import device_name, print_table, save_results, time_it  # noqa: E402
 from featgs.data import load_scene  # noqa: E402
 from featgs.data.procedural.make import render_view  # noqa: E402
 from featgs.data.procedural.spec import parse_scene_spec  # noqa: E402
-from featgs.query import Delete, Extract, FeatureField, Recolor  # noqa: E402
+from featgs.query import Delete, Extract, FeatureField, QueryConfig, Recolor  # noqa: E402
 from featgs.render import render  # noqa: E402
 from featgs.train.run import read_run  # noqa: E402
 
@@ -219,7 +219,7 @@ def main() -> None:
         "query, new text (embedding, threshold, cleaning)": timed(
             lambda: field.query(f"the {probe} {time.perf_counter_ns()}")),
         "query, new text, raw threshold (no cleaning)": timed(
-            lambda: field.query(f"the {probe} {time.perf_counter_ns()}", config=_raw())),
+            lambda: field.query(f"the {probe} {time.perf_counter_ns()}", config=QueryConfig(clean=False))),
         "query, a text asked before (kept selection)": timed(lambda: field.query(probe)),
         "relevancy map (1 view)": timed(lambda: field.relevancy_map(cam, probe)),
         "point prompt": timed(lambda: field.prompt(cam, points=[[x + 0.5, y + 0.5]])),
@@ -232,12 +232,6 @@ def main() -> None:
                            "run": str(args.run), "num_gaussians": field.num_gaussians, "views": len(views),
                            "objects": per_object, "synonyms": synonyms, "latency_seconds": latency},
                  "\n\n".join([header, table, syn_table, lat_table]))
-
-
-def _raw():
-    from featgs.query import QueryConfig
-
-    return QueryConfig(clean=False)
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ def spread(cameras: Sequence[Camera], count: int, size: int) -> list[Camera]:
 
 
 @torch.no_grad()
-def hidden_behind(gaussians: Gaussians, keep: Tensor, cameras: Sequence[Camera], *, alpha: float = 0.8) -> Tensor:
+def hidden_behind(gaussians: Gaussians, keep: Tensor, cameras: Sequence[Camera], *,
+                  alpha: float = CleanConfig.alpha) -> Tensor:
     """[N] bool: unselected Gaussians the selection hides in every camera that sees their place.
 
     A Gaussian counts as hidden in a view when its centre projects inside the selection's

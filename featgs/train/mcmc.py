@@ -70,10 +70,7 @@ class CPUFriendlyMCMCStrategy(MCMCStrategy):
         new_op, new_sc = self._split_copies(params, binoms, sampled)
 
         def param_fn(name: str, p: Tensor) -> Tensor:
-            if name == "opacities":
-                p[sampled] = torch.logit(new_op)
-            elif name == "scales":
-                p[sampled] = torch.log(new_sc)
+            _write_split(name, p, sampled, new_op, new_sc)
             p[dead_ids] = p[sampled]
             return torch.nn.Parameter(p, requires_grad=p.requires_grad)
 
@@ -88,10 +85,7 @@ class CPUFriendlyMCMCStrategy(MCMCStrategy):
         new_op, new_sc = self._split_copies(params, binoms, sampled)
 
         def param_fn(name: str, p: Tensor) -> Tensor:
-            if name == "opacities":
-                p[sampled] = torch.logit(new_op)
-            elif name == "scales":
-                p[sampled] = torch.log(new_sc)
+            _write_split(name, p, sampled, new_op, new_sc)
             return torch.nn.Parameter(torch.cat([p, p[sampled]]), requires_grad=p.requires_grad)
 
         def optimizer_fn(key: str, v: Tensor) -> Tensor:
@@ -109,3 +103,12 @@ class CPUFriendlyMCMCStrategy(MCMCStrategy):
         gate = 1.0 / (1.0 + torch.exp(-100.0 * ((1.0 - opac) - 0.995)))
         noise = torch.randn_like(params["means"]) * gate[:, None] * scaler
         params["means"].add_(torch.einsum("bij,bj->bi", cov, noise))
+
+
+def _write_split(name: str, p: Tensor, sampled: Tensor, opacities: Tensor, scales: Tensor) -> None:
+    """Give the Gaussians ``sampled`` the opacities and scales of their split copies (in place,
+    in parameter space: logits and logs); other parameters are left as they are."""
+    if name == "opacities":
+        p[sampled] = torch.logit(opacities)
+    elif name == "scales":
+        p[sampled] = torch.log(scales)
