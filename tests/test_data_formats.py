@@ -221,13 +221,15 @@ def test_normalization_puts_cameras_in_the_unit_sphere(datasets):
 
 def test_initial_points(datasets):
     scene = load_scene(datasets["transforms"])
-    points, colors = initial_points(scene, 100)
-    assert points is scene.points and colors is scene.point_colors
+    start = initial_points(scene, 100)
+    assert start.points is scene.points and start.colors is scene.point_colors and start.kind == "points"
+    assert initial_points(scene, 100, init="random").kind in ("object", "frustum")
     blender = load_scene(datasets["blender"])
-    a, ca = initial_points(blender, 300, seed=1)
-    b, _ = initial_points(blender, 300, seed=1)
+    first = initial_points(blender, 300, seed=1)
+    a, ca = first.points, first.colors
+    b = initial_points(blender, 300, seed=1).points
     assert a.shape == (300, 3) and ca.shape == (300, 3) and torch.equal(a, b)
-    assert not torch.equal(a, initial_points(blender, 300, seed=2)[0])
+    assert not torch.equal(a, initial_points(blender, 300, seed=2).points)
     seen = torch.zeros(300, dtype=torch.bool)
     for v in blender.train:
         uv, z = v.camera.project(a.double())

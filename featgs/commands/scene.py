@@ -6,22 +6,26 @@ import argparse
 import time
 from pathlib import Path
 
-from featgs.data.procedural import MakeConfig, builtin_scene_names, load_scene_spec, make_scene, resolve_scene
+from featgs.data.procedural import MakeConfig, builtin_scene_names, load_scene_spec, make_scene, parse_scene_spec, resolve_scene
 from featgs.data.procedural.make import __doc__ as MAKE_DOC
 from featgs.errors import FeatgsError
 
 DESCRIPTION = """\
 Render a procedural scene (a plain-text description: scenes/NAME.txt, or any .txt path)
-from an orbit of cameras into a dataset folder that `featgs data info` and training read.
-Deterministic: the same scene, options and seed give identical files.
+from an orbit or a sphere of cameras into a dataset folder that `featgs data info` and
+training read. Scenes with `background transparent` (such as `object`) are written in
+NeRF-synthetic ("Blender") format: RGBA images on a transparent background, no point cloud.
+Deterministic: the same scene, options and seed give identical files. A scene's `defaults`
+statement sets its own size and view counts; the flags below override them.
 """
 
 # the output layout, as the make module documents it (less its one-line summary)
 LAYOUT = (MAKE_DOC or "").split("\n\n", 1)[-1].replace("::", ":")
 
 EPILOG = """\
-example:
+examples:
   featgs scene make tabletop --out scenes/tabletop --size 128 --views 60 --test-views 12
+  featgs scene make object --out scenes/object      # NeRF-synthetic layout, 100x100, 100 + 25 views
 """
 
 
@@ -39,11 +43,16 @@ def register(subparsers) -> None:
     )
     make.add_argument("name", metavar="NAME", help="built-in scene name (see `featgs scene list`) or a path to a scene .txt file")
     make.add_argument("--out", metavar="DIR", type=Path, required=True, help="folder to create (must be empty or absent, unless --force)")
-    make.add_argument("--size", type=int, default=MakeConfig.size, help="image width = height in pixels (default: %(default)s)")
-    make.add_argument("--views", type=int, default=MakeConfig.views, help="number of train views (default: %(default)s)")
-    make.add_argument("--test-views", type=int, default=MakeConfig.test_views, help="number of test views (default: %(default)s)")
+    scene_default = "the scene's `defaults`, else {}"
+    make.add_argument("--size", type=int, help=f"image width = height in pixels (default: {scene_default.format(MakeConfig.size)})")
+    make.add_argument("--views", type=int, help=f"number of train views (default: {scene_default.format(MakeConfig.views)})")
+    make.add_argument("--test-views", type=int, help=f"number of test views (default: {scene_default.format(MakeConfig.test_views)})")
     make.add_argument("--seed", type=int, default=MakeConfig.seed, help="random seed of cameras and points (default: %(default)s)")
-    make.add_argument("--points", type=int, default=MakeConfig.points, help="initial points in points3D.ply (default: %(default)s)")
+    make.add_argument(
+        "--points",
+        type=int,
+        help=f"initial points in points3D.ply; none for transparent scenes (default: {scene_default.format(MakeConfig.points)})",
+    )
     make.add_argument("--force", action="store_true", help="replace DIR if it exists and is not empty")
     make.set_defaults(func=run_make)
 
@@ -57,12 +66,14 @@ def run_make(args: argparse.Namespace) -> int:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise FeatgsError(f"{path}: not a readable UTF-8 scene file ({e.__class__.__name__})") from None
-    config = MakeConfig(size=args.size, views=args.views, test_views=args.test_views, seed=args.seed, points=args.points)
+    spec = parse_scene_spec(text, str(path))  # for its `defaults`; errors name the file and line
+    config = MakeConfig.for_scene(spec, size=args.size, views=args.views, test_views=args.test_views, seed=args.seed, points=args.points)
     start = time.perf_counter()
     summary = make_scene(text, str(path), args.out, config, force=args.force)
+    layout = "NeRF-synthetic, no point cloud" if summary["format"] == "blender" else f"{summary['num_points']} points"
     print(
         f"wrote {summary['out']}: scene {summary['name']}, {summary['num_train']} train + {summary['num_test']} test views "
-        f"of {config.size}x{config.size}, {len(summary['labels'])} labels, {summary['num_points']} points "
+        f"of {config.size}x{config.size}, {len(summary['labels'])} labels, {layout} "
         f"in {time.perf_counter() - start:.1f} s"
     )
     return 0
@@ -73,5 +84,5 @@ def run_list(args: argparse.Namespace) -> int:
         spec = load_scene_spec(resolve_scene(name))
         counts = spec.instances_per_label()
         labels = ", ".join(f"{label} x{n}" if n > 1 else label for label, n in counts.items())
-        print(f"{name}: {labels}")
+        print(f"{name}: {labels}" + (" (transparent background: NeRF-synthetic layout)" if spec.transparent else ""))
     return 0

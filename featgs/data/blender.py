@@ -15,7 +15,7 @@ from typing import Sequence
 from featgs.data.jsonfile import read_json_object
 from featgs.data.labels import label_names_beside
 from featgs.data.scene import Scene
-from featgs.data.transforms import check_usable, every_nth_split, parse_frames, warn_missing
+from featgs.data.transforms import check_usable, every_nth_split, parse_frames, unique_names, warn_missing
 
 _EXPECTED = "a NeRF-synthetic transforms JSON object with camera_angle_x and 'frames'"
 
@@ -38,4 +38,6 @@ def load_blender(root: Path, background: Sequence[float]) -> Scene:
             break
     else:
         train, test = every_nth_split(views)
+    named = unique_names(train + test, root)
+    train, test = named[: len(train)], named[len(train) :]
     return Scene(root, "blender", train, test, label_names=label_names_beside(root), num_skipped=skipped)

@@ -56,18 +56,35 @@ def image_size(path: Path) -> tuple[int, int]:
         raise FeatgsError(f"{path}: cannot read image ({e.__class__.__name__}); expected a PNG or JPEG image") from None
 
 
-def read_rgb(path: Path, background: Sequence[float]) -> np.ndarray:
-    """[H, W, 3] float32 colour in 0..1; images with alpha are composited over ``background`` [3]."""
+def read_rgba(path: Path) -> np.ndarray:
+    """[H, W, 4] float32 colour and alpha in 0..1 (alpha 1 for images without an alpha channel)."""
     im = _open(path, "a PNG or JPEG colour image")
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey
         grey = np.asarray(im, dtype=np.float32) / 65535.0
-        return np.repeat(grey[..., None], 3, axis=-1)
-    has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-    if has_alpha:
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-        alpha = rgba[..., 3:]
-        return rgba[..., :3] * alpha + np.asarray(background, dtype=np.float32) * (1.0 - alpha)
-    return np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        return np.concatenate([np.repeat(grey[..., None], 3, axis=-1), np.ones_like(grey[..., None])], axis=-1)
+    return np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+
+
+def composite(rgba: np.ndarray, background: Sequence[float]) -> np.ndarray:
+    """[..., 4] colour and alpha -> [..., 3] colour over ``background`` [3] (straight alpha)."""
+    alpha = rgba[..., 3:]
+    return rgba[..., :3] * alpha + np.asarray(background, dtype=np.float32) * (1.0 - alpha)
+
+
+def read_rgb(path: Path, background: Sequence[float]) -> np.ndarray:
+    """[H, W, 3] float32 colour in 0..1; images with alpha are composited over ``background`` [3]."""
+    return composite(read_rgba(path), background)
+
+
+def has_alpha(path: Path) -> bool:
+    """Whether the image file carries an alpha channel (read from its header)."""
+    try:
+        with Image.open(path) as im:
+            return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
+    except FileNotFoundError:
+        raise FeatgsError(f"{path}: file not found; expected a PNG or JPEG image") from None
+    except DECODE_ERRORS as e:
+        raise FeatgsError(f"{path}: cannot read image ({e.__class__.__name__}); expected a PNG or JPEG image") from None
 
 
 def read_label_map(path: Path) -> np.ndarray:

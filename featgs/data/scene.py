@@ -17,7 +17,7 @@ from torch import Tensor
 
 from featgs.camera import Camera
 from featgs.data.distortion import undistort_image
-from featgs.data.images import read_depth, read_label_map, read_mask, read_rgb, resize_nearest
+from featgs.data.images import composite, has_alpha, read_depth, read_label_map, read_mask, read_rgba, resize_nearest
 from featgs.errors import FeatgsError
 
 
@@ -55,13 +55,17 @@ class View:
         return undistort_image(array, self.camera.K.numpy(), dist.numpy(), nearest=nearest)
 
     def image(self) -> Tensor:
-        """[H, W, 3] float32 colour in 0..1."""
-        rgb = read_rgb(self.image_path, self.background)
-        if rgb.shape[:2] != (self.camera.height, self.camera.width):
+        """[H, W, 3] float32 colour in 0..1, composited over ``background`` where transparent."""
+        return torch.from_numpy(np.ascontiguousarray(composite(self.rgba().numpy(), self.background)))
+
+    def rgba(self) -> Tensor:
+        """[H, W, 4] float32 colour and alpha in 0..1 (straight alpha; 1 for opaque images)."""
+        rgba = read_rgba(self.image_path)
+        if rgba.shape[:2] != (self.camera.height, self.camera.width):
             raise FeatgsError(
-                f"{self.image_path}: image is {rgb.shape[1]}x{rgb.shape[0]}; expected {self.camera.width}x{self.camera.height} as its camera says"
+                f"{self.image_path}: image is {rgba.shape[1]}x{rgba.shape[0]}; expected {self.camera.width}x{self.camera.height} as its camera says"
             )
-        return torch.from_numpy(np.ascontiguousarray(self._fit(rgb, nearest=False)[0]))
+        return torch.from_numpy(np.ascontiguousarray(self._fit(rgba, nearest=False)[0]))
 
     def labels(self) -> Optional[Tensor]:
         """[H, W] int64 label ids, or None."""
@@ -126,6 +130,11 @@ class Scene:
     @property
     def views(self) -> list[View]:
         return self.train + self.test
+
+    def has_alpha(self) -> bool:
+        """Whether the images are transparent where nothing was captured (RGBA, e.g. NeRF-synthetic);
+        read from the first train image's header."""
+        return has_alpha(self.train[0].image_path)
 
     def to_input_frame(self, points: Tensor) -> Tensor:
         """Scene-frame points [..., 3] -> the dataset's own frame."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -130,6 +131,23 @@ def parse_frames(path: Path, meta: dict, root: Path, background: Sequence[float]
     return views
 
 
+def unique_names(views: list[View], root: Path) -> list[View]:
+    """``views`` with names that identify them: the image stem, or, where two images share a
+    stem (NeRF-synthetic's ``train/r_0`` and ``test/r_0``), the path below ``root`` without
+    suffix, folders joined by "_" ("train_r_0"). Caches are keyed by these names."""
+    stems = [v.camera.name for v in views]
+    if len(set(stems)) == len(stems):
+        return views
+    out = []
+    for v in views:
+        try:
+            rel = v.image_path.relative_to(root).with_suffix("")
+        except ValueError:
+            rel = Path(v.image_path.parent.name) / v.image_path.stem
+        out.append(replace(v, camera=replace(v.camera, name="_".join(rel.parts))))
+    return out
+
+
 def warn_missing(path: Path, views: list[Optional[View]]) -> None:
     """One warning line with the count of frames (from ``path``) whose image is missing."""
     if None in views:
@@ -177,6 +195,8 @@ def load_transforms(root: Path, background: Sequence[float]) -> Scene:
     views = parse_frames(path, meta, root, background)
     check_usable(path, meta, root, views)
     train, test = split_views(path, meta, views, root)
+    named = unique_names(train + test, root)
+    train, test = named[: len(train)], named[len(train) :]
     points = colors = None
     if "ply_file_path" in meta:
         ply = meta["ply_file_path"]

@@ -27,7 +27,15 @@ class TrainConfig:
                        choices=["default", "mcmc"])
     sh_degree: int = _f(3, "highest spherical-harmonics degree, reached by a ramp")
     sh_degree_interval: int = _f(400, "steps between SH degree increases")
+    init: str = _f("auto", "initial Gaussians: 'points' (the dataset's point cloud), 'random' (placed by what the cameras "
+                   "tell: in the volume an object-centric rig looks at, else in the cameras' frusta) or 'auto' "
+                   "(points when the dataset has them, else random)", choices=["auto", "points", "random"])
     max_init_points: int = _f(60_000, "subsample the initial point cloud to at most this many points")
+    random_init_points: int = _f(20_000, "how many random initial points (--init random, or auto without a point "
+                                 "cloud); more make a denser fog that takes longer to clear")
+    background: str = _f("auto", "colour behind the Gaussians in training: 'white', 'black', 'random' (a new colour "
+                         "every step) or 'auto' (random for transparent RGBA datasets such as NeRF-synthetic, else "
+                         "black); transparent datasets are scored over white", choices=["auto", "white", "black", "random"])
     init_opacity: float = _f(0.1, "opacity of the initial Gaussians (3DGS uses 0.1)")
     lr_means: float = _f(1.6e-4, "position learning rate (times the scene extent), decays to 1/100")
     lr_scales: float = _f(5e-3, "log-scale learning rate")

@@ -20,6 +20,7 @@ from featgs.gaussians import Gaussians
 from featgs.pictures import FeaturePCA, colorize_labels, contact_sheet, palette, to_uint8
 from featgs.query import confusion_matrix, miou_and_accuracy, segment_features
 from featgs.render import render
+from featgs.train.background import eval_background, over
 from featgs.train.config import TrainConfig
 from featgs.train.losses import psnr, ssim
 from featgs.teachers import TeacherOptions, teacher_names
@@ -86,7 +87,7 @@ def _cosine(features: Tensor, target: Tensor, channels: Tuple[int, int]) -> floa
 
 @torch.no_grad()
 def evaluate_gaussians(g: Gaussians, views, judge: Judge, *, pictures: Optional[Path] = None,
-                       title: str = "", progress: bool = True) -> dict:
+                       title: str = "", progress: bool = True, background=(0.0, 0.0, 0.0)) -> dict:
     """Score ``g`` on ``views``; write a contact sheet per view into ``pictures`` if given.
 
     Segmentation labels each pixel with the label name whose text embedding is closest to
@@ -99,12 +100,13 @@ def evaluate_gaussians(g: Gaussians, views, judge: Judge, *, pictures: Optional[
         sample = g.features[torch.randperm(len(g), generator=torch.Generator().manual_seed(0))[:20000]]
         pca = FeaturePCA(g.decoder(sample) if g.decoder is not None else sample)
     colors = palette(max(len(names), 1))
+    bg = torch.tensor(background, dtype=torch.float32)
     per_view, conf = [], None
     render_seconds = 0.0
     for v in tqdm(views, desc="evaluate", unit="view", disable=not progress, leave=False):
-        gt = v.image()
+        gt = over(v.rgba(), bg)
         t0 = time.perf_counter()
-        out = render(g, v.camera, features=bool(judge.blocks))
+        out = render(g, v.camera, features=bool(judge.blocks), background=bg)
         render_seconds += time.perf_counter() - t0
         rec = {"view": v.name, "psnr": psnr(out.rgb, gt), "ssim": float(ssim(out.rgb.clamp(0, 1), gt))}
         seg = None
@@ -183,8 +185,9 @@ def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True) ->
     if judge.blocks and (total != teacher_info["dim"] or g.output_feature_dim != total):
         raise FeatgsError(f"{root}: run renders {g.output_feature_dim}-dim features, teacher "
                           f"{teacher_info['name']!r} gives {total}")
+    background = eval_background(config.background, scene.has_alpha())
     metrics = evaluate_gaussians(g, views, judge, pictures=(root / "eval") if pictures else None,
-                                 title=root.name, progress=progress)
+                                 title=root.name, progress=progress, background=background)
     metrics.update(split="test" if scene.test else "train",
                    fps_note="rgb + features, renderer 'torch', this machine")
     atomic_write_text(root / METRICS_FILE, json.dumps(metrics, indent=2))

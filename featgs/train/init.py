@@ -11,13 +11,14 @@ from featgs.gaussians import Gaussians, num_sh_bases, rgb_to_sh0
 
 
 def gaussians_from_points(
-    points: Tensor, colors: Tensor, *, sh_degree: int, opacity: float, max_points: int, seed: int
+    points: Tensor, colors: Tensor, *, sh_degree: int, opacity: float, max_points: int, seed: int,
+    scale_factor: float = 1.0,
 ) -> Gaussians:
     """Isotropic Gaussians on ``points`` [M, 3] with ``colors`` [M, 3] in 0..1.
 
-    Each scale is the RMS distance to the 3 nearest neighbours (as 3DGS does), so the
-    initial splats just cover the surface the points sample. At most ``max_points`` are kept
-    (a seeded random subset).
+    Each scale is ``scale_factor`` times the RMS distance to the 3 nearest neighbours (as 3DGS
+    does with factor 1), so the initial splats just cover the surface the points sample. At
+    most ``max_points`` are kept (a seeded random subset).
     """
     points = points.float()
     colors = colors.float()
@@ -28,7 +29,7 @@ def gaussians_from_points(
     k = min(4, n)
     dist, _ = cKDTree(points.numpy()).query(points.numpy(), k=k)
     d2 = (np.asarray(dist, dtype=np.float64).reshape(n, k)[:, 1:] ** 2).mean(axis=1) if k > 1 else np.ones(n)
-    scale = torch.from_numpy(np.sqrt(np.maximum(d2, 1e-14))).float()
+    scale = scale_factor * torch.from_numpy(np.sqrt(np.maximum(d2, 1e-14))).float()
     quats = torch.zeros(n, 4)
     quats[:, 0] = 1.0
     return Gaussians(

@@ -21,6 +21,7 @@ from featgs.atomic import atomic_open, atomic_write_text
 from featgs.camera import Camera
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians, save_ply
+from featgs.train.background import eval_background, resolve_background
 from featgs.train.checkpoint import load_checkpoint, save_checkpoint
 from featgs.train.config import TrainConfig
 from featgs.train.init import gaussians_from_points, scene_extent
@@ -33,6 +34,10 @@ RUN_FILE = "run.json"
 PLY_FILE = "point_cloud.ply"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "log.jsonl"
+# Random points fill a volume, not a surface: splats as wide as their spacing make a fog that
+# hides the scene from the gradients until it is peeled away layer by layer; half as wide
+# gives a quarter of its optical depth.
+RANDOM_INIT_SCALE = 0.5
 
 
 @dataclass
@@ -151,13 +156,15 @@ def train_run(
 
     device = resolve_device(config.device)
     cams: List[Camera] = [v.camera for v in scene.train]
-    images = [v.image().to(device) for v in tqdm(scene.train, desc="load images", unit="img", disable=not progress, leave=False)]
+    transparent = scene.has_alpha()
+    background = resolve_background(config.background, transparent)
+    read = (lambda v: v.rgba()) if transparent else (lambda v: v.image())
+    images = [read(v).to(device) for v in tqdm(scene.train, desc="load images", unit="img", disable=not progress, leave=False)]
     extent = scene_extent(torch.stack([c.center for c in cams]))
-    if scene.points is not None and len(scene.points) == 0:  # an empty point cloud: start from random points
-        scene = dataclasses.replace(scene, points=None, point_colors=None)
-    pts, cols = initial_points(scene, config.max_init_points, seed=config.seed)
-    init = gaussians_from_points(pts, cols, sh_degree=config.sh_degree, opacity=config.init_opacity,
-                                 max_points=config.max_init_points, seed=config.seed).to(device)
+    start = initial_points(scene, config.random_init_points, seed=config.seed, init=config.init, transparent=transparent)
+    init = gaussians_from_points(start.points, start.colors, sh_degree=config.sh_degree, opacity=config.init_opacity,
+                                 max_points=config.max_init_points, seed=config.seed,
+                                 scale_factor=1.0 if start.kind == "points" else RANDOM_INIT_SCALE).to(device)
     D = sum(b.dim for b in blocks)
     d = sum(stored_dims(blocks, config.feature_dim))
 
@@ -171,6 +178,9 @@ def train_run(
         "teachers": blocks_info(blocks),
         "label_names": {str(k): v for k, v in (scene.label_names or {}).items()},
         "normalization": scene.normalization.tolist(),
+        "init": {"kind": start.kind, **start.info},
+        "background": {"train": background, "transparent": transparent,
+                       "eval": list(eval_background(config.background, transparent))},
     }
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -195,7 +205,7 @@ def train_run(
                 log_file.flush()
 
             train_loop(
-                state, strategy, cams, images, config, extent=extent,
+                state, strategy, cams, images, config, extent=extent, background=background,
                 teacher_maps=joint_targets(blocks, names) if joint else None,
                 save_checkpoint=lambda s: save_checkpoint(paths.checkpoint, s),
                 log=log, progress=progress,

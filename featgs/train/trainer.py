@@ -17,10 +17,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from featgs.camera import Camera
+from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians, LinearDecoder
 from featgs.render import render
+from featgs.train.background import over, step_background
 from featgs.train.config import TrainConfig
 from featgs.train.losses import feature_l1, photometric_loss, psnr
+
+SLOW_STEP = 10.0  # a step this many times slower than the median is reported
 
 PARAM_LRS = {
     "means": "lr_means",
@@ -142,6 +146,22 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
+class Diverged(FeatgsError):
+    """Training produced a non-finite loss or parameter at ``step``; nothing of that step was saved."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"training diverged at step {step}: {what} is not finite; stopped without saving it "
+                         "(the last checkpoint is kept; lower the learning rates, e.g. --lr-means, or change --seed)")
+        self.step = step
+
+
+def check_finite(state: "TrainState") -> None:
+    """Raise :class:`Diverged` if any parameter holds NaN or Inf."""
+    for name, p in state.params.items():
+        if not bool(torch.isfinite(p).all()):
+            raise Diverged(state.step, f"parameter {name!r}")
+
+
 class Interrupted(Exception):
     """Training stopped by the user after saving a checkpoint at ``step``."""
 
@@ -158,6 +178,7 @@ def train_loop(
     config: TrainConfig,
     *,
     extent: float,
+    background: str = "black",
     teacher_maps: Optional[Callable[[int], Sequence[Tuple[Tuple[int, int], Tensor]]]] = None,
     save_checkpoint: Callable[[TrainState], None],
     log: Callable[[dict], None],
@@ -166,13 +187,20 @@ def train_loop(
     """Optimise from ``state.step`` to ``config.iters``.
 
     Args:
-        cameras, images: training views, images [H, W, 3] in 0..1.
+        cameras, images: training views, images [H, W, 3] or, for transparent datasets,
+            [H, W, 4] (straight alpha) in 0..1.
+        background: "white", "black" or "random" (see :mod:`featgs.train.background`): the
+            colour every step renders over and composites its target over.
         teacher_maps: joint mode: view index -> [(channels [start, end) of the rendered
             features, that teacher's map [D_t, h, w])], one pair per teacher.
-        save_checkpoint: called every ``checkpoint_every`` steps, at the end, and on Ctrl-C.
-        log: receives a dict of loss, PSNR, Gaussian count every 10 steps.
+        save_checkpoint: called every ``checkpoint_every`` steps, at the end, and on Ctrl-C,
+            only with finite parameters.
+        log: receives a dict of loss, PSNR, Gaussian count, step times (last and slowest of
+            the last 10 steps, seconds) and rendered pairs every 10 steps; a slowest step over
+            ``SLOW_STEP`` times the median is flagged ("slow": true) and reported.
     Raises:
         Interrupted: after Ctrl-C, once the checkpoint is written.
+        Diverged: a non-finite loss or parameter; the last checkpoint is left as it was.
     """
     joint = teacher_maps is not None
     n_views = len(cameras)
@@ -180,12 +208,16 @@ def train_loop(
     bar = tqdm(total=config.iters, initial=state.step, desc=f"train ({config.mode})", unit="step",
                disable=not progress, dynamic_ncols=True)
     t_start = time.perf_counter()
+    window: List[float] = []  # step times since the last log record
+    typical: List[float] = []  # one step time per log record, for the median
     with _StopFlag() as flag:
         while state.step < config.iters:
             if flag.stop:
+                check_finite(state)
                 save_checkpoint(state)
                 bar.close()
                 raise Interrupted(state.step)
+            t_step = time.perf_counter()
             step = state.step
             epoch, k = divmod(step, n_views)
             i = int(epoch_order(n_views, epoch, config.seed)[k])
@@ -193,13 +225,18 @@ def train_loop(
             for group in state.optimizers["means"].param_groups:
                 group["lr"] = lr0 * (0.01 ** frac)
             sh_degree = min(config.sh_degree, step // max(1, config.sh_degree_interval))
+            bg = step_background(background, step, config.seed, images[i].device)
+            target = over(images[i], bg)
             g = state.gaussians()
-            out = render(g, cameras[i], sh_degree=sh_degree, features=joint)
-            loss = photometric_loss(out.rgb, images[i], config.ssim_weight)
+            out = render(g, cameras[i], sh_degree=sh_degree, features=joint, background=bg)
+            loss = photometric_loss(out.rgb, target, config.ssim_weight)
             feat_loss = None
             if joint:
                 feat_loss = feature_l1(out.features, teacher_maps(i))
                 loss = loss + config.feature_weight * feat_loss
+            if not bool(torch.isfinite(loss)):
+                bar.close()
+                raise Diverged(step, "the loss")
             strategy.step_pre_backward(state.params, state.optimizers, state.strategy_state, step, out.info)
             loss.backward()
             for opt in state.optimizers.values():
@@ -210,18 +247,31 @@ def train_loop(
                 state.decoder_optimizer.zero_grad(set_to_none=True)
             _post_backward(strategy, state, step, out.info, lr=state.optimizers["means"].param_groups[0]["lr"])
             state.step += 1
+            window.append(time.perf_counter() - t_step)
             if state.step % 10 == 0 or state.step == config.iters:
-                rec = {"step": state.step, "loss": float(loss.detach()), "psnr": psnr(out.rgb, images[i]),
+                rec = {"step": state.step, "loss": float(loss.detach()), "psnr": psnr(out.rgb, target),
                        "num_gaussians": len(state.params["means"]), "sh_degree": sh_degree,
-                       "seconds": round(time.perf_counter() - t_start, 3)}
+                       "seconds": round(time.perf_counter() - t_start, 3),
+                       "step_seconds": round(window[-1], 4), "max_step_seconds": round(max(window), 4),
+                       "pairs": int(out.info.get("num_pairs") or 0)}
+                window.clear()
+                typical.append(rec["step_seconds"])
+                median = sorted(typical)[len(typical) // 2]
+                if len(typical) >= 5 and rec["max_step_seconds"] > SLOW_STEP * median:
+                    rec["slow"] = True
+                    bar.write(f"featgs: warning: a step before {state.step} took {rec['max_step_seconds']:.2f} s, "
+                              f"{rec['max_step_seconds'] / median:.0f}x the median ({rec['pairs']} tile-Gaussian pairs)")
                 if feat_loss is not None:
                     rec["feature_l1"] = float(feat_loss.detach())
                 log(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}", gaussians=rec["num_gaussians"])
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}", gaussians=rec["num_gaussians"],
+                                s_per_step=f"{rec['step_seconds']:.3f}")
             bar.update(1)
             if state.step % config.checkpoint_every == 0 and state.step < config.iters:
+                check_finite(state)
                 save_checkpoint(state)
     bar.close()
+    check_finite(state)
     save_checkpoint(state)
     return state
 

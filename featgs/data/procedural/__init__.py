@@ -1,6 +1,7 @@
 """Built-in procedural scenes: a plain-text description (:mod:`.spec`), ray-cast in numpy
-(:mod:`.raycast`), from an orbit of cameras (:mod:`.rig`), written as a dataset folder
-(:mod:`.make`) that :func:`featgs.data.load_scene` reads."""
+(:mod:`.raycast`), from an orbit or a sphere of cameras (:mod:`.rig`), written as a dataset
+folder (:mod:`.make`: nerfstudio layout, or NeRF-synthetic for transparent scenes) that
+:func:`featgs.data.load_scene` reads."""
 
 from featgs.data.procedural.builtin import builtin_scene_names, resolve_scene
 from featgs.data.procedural.make import MakeConfig, make_scene

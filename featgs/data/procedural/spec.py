@@ -9,9 +9,18 @@ colours are linear RGB in 0..1. Statements::
     ambient A                                       # light reaching every surface, 0..1 (default 0.3)
     light dir=X,Y,Z intensity=I [shadow=S]          # directional light coming from (X,Y,Z);
                                                     # S: how much shadows darken, 0..1
-    rig target=X,Y,Z radius=MIN:MAX height=MIN:MAX fov=DEG [jitter=J]
+    rig [orbit] target=X,Y,Z radius=MIN:MAX height=MIN:MAX fov=DEG [jitter=J]
         # cameras on an orbit around `target` (horizontal distance `radius`, camera height
         # above the floor `height`), horizontal field of view DEG, look-at point jittered by J
+    rig sphere target=X,Y,Z distance=MIN:MAX elevation=MIN:MAX fov=DEG [jitter=J]
+        # cameras spread evenly over a band of the sphere around `target` (NeRF-synthetic
+        # style): distance from `target`, elevation in degrees above its horizontal plane
+        # (-90 < MIN <= MAX < 90, so no camera looks straight down or up)
+    background none|transparent                     # none (default): every camera ray must hit a
+        # surface (enclose the scene); transparent: rays that hit nothing are empty, alpha 0,
+        # label 0 "background", and the scene is written in NeRF-synthetic layout
+    defaults KEY=N...                               # make settings for this scene, overridden by
+        # command-line flags: size, views, test_views, points, supersample (integers)
     object LABEL SHAPE key=value...                 # a new object (one instance of LABEL)
     part SHAPE key=value...                         # one more primitive of the last object
 
@@ -32,15 +41,17 @@ their ``object`` line unless they set them):
     contrast=C             how strongly the texture darkens the albedo, 0..1 (default 0.3)
     rot=RX,RY,RZ           rotation in degrees about x, then y, then z (not for planes)
 
-Label ids are given in order of each label's first appearance, from 0. Every object line is
-one instance of its label, so a label written on two ``object`` lines has two instances.
+Label ids are given in order of each label's first appearance, from 0; in a transparent
+scene from 1, as 0 is "background" (pixels that see nothing; no object may use that label).
+Every object line is one instance of its label, so a label written on two ``object`` lines
+has two instances.
 """
 
 from __future__ import annotations
 
 import math
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +68,11 @@ _SHAPE_KEYS = {
     "plane": ("point", "normal"),
 }
 _MATERIAL_KEYS = ("color", "texture", "scale", "contrast")
+RIGS = ("orbit", "sphere")
+BACKGROUNDS = ("none", "transparent")
+BACKGROUND_LABEL = "background"  # label 0 of transparent scenes: pixels that see nothing
+# the keys of the `defaults` statement (MakeConfig fields) and their smallest values
+CONFIG_MINIMUMS = {"size": 8, "views": 1, "test_views": 0, "points": 0, "supersample": 1}
 
 
 @dataclass(frozen=True)
@@ -103,9 +119,22 @@ class Light:
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
 class Rig:
+    """``rig [orbit]``: cameras on a horizontal ring around the target."""
+
     target: np.ndarray  # [3]
     radius: tuple[float, float]  # horizontal distance from target, metres
     height: tuple[float, float]  # camera height above the floor (z), metres
+    fov_deg: float  # horizontal field of view
+    jitter: float  # std of the look-at point's random offset, metres
+
+
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
+class SphereRig:
+    """``rig sphere``: cameras on a band of the sphere around the target."""
+
+    target: np.ndarray  # [3]
+    distance: tuple[float, float]  # from the target, metres
+    elevation_deg: tuple[float, float]  # above the target's horizontal plane, degrees, inside (-90, 90)
     fov_deg: float  # horizontal field of view
     jitter: float  # std of the look-at point's random offset, metres
 
@@ -117,7 +146,9 @@ class SceneSpec:
     primitives: tuple[Primitive, ...]
     ambient: float
     lights: tuple[Light, ...]
-    rig: Rig
+    rig: Rig | SphereRig
+    transparent: bool = False  # `background transparent`: label 0 is "background"
+    defaults: dict[str, int] = field(default_factory=dict)  # `defaults` statement: MakeConfig field -> value
 
     def instances_per_label(self) -> dict[str, int]:
         """How many objects carry each label."""
@@ -209,6 +240,28 @@ class _Line:
             raise self.fail(f"{key}: expected 0 < MIN <= MAX, got {kv[key]!r}")
         return a, b
 
+    def elevations(self, kv: dict, key: str) -> tuple[float, float]:
+        """Degrees ``MIN:MAX`` (or one value) with -90 < MIN <= MAX < 90."""
+        if key not in kv:
+            raise self.fail(f"{self.what}: missing {key}=")
+        lo, colon, hi = kv[key].partition(":")
+        try:
+            a, b = float(lo), float(hi if colon else lo)
+        except ValueError:
+            raise self.fail(f"{key}: expected MIN:MAX in degrees, got {kv[key]!r}") from None
+        if not (-90 < a <= b < 90):
+            raise self.fail(f"{key}: expected degrees -90 < MIN <= MAX < 90, got {kv[key]!r}")
+        return a, b
+
+    def integer(self, kv: dict, key: str, low: int) -> int:
+        try:
+            n = int(kv[key])
+        except ValueError:
+            raise self.fail(f"{key}: expected an integer, got {kv[key]!r}") from None
+        if n < low:
+            raise self.fail(f"{key}: expected an integer >= {low}, got {kv[key]!r}")
+        return n
+
 
 def _material(line: _Line, kv: dict, inherit: Material | None) -> Material:
     if "color" not in kv and inherit is None:
@@ -254,13 +307,49 @@ def _primitive(line: _Line, words: list[str], label_id: int, instance_id: int, i
     return Primitive(shape, line.vector(kv, "center"), rotation, extent, material, label_id, instance_id)
 
 
+def _rig(line: _Line) -> Rig | SphereRig:
+    """``rig [orbit] ...`` or ``rig sphere ...``."""
+    words = line.words
+    kind = "orbit"
+    if words and "=" not in words[0]:
+        kind, words = words[0], words[1:]
+        if kind not in RIGS:
+            raise line.fail(f"unknown rig {kind!r}; expected {' or '.join(RIGS)} (or key=value pairs of an orbit)")
+        line.what = f"rig {kind}"
+    if kind == "orbit":
+        kv = line.keyvalues(words, ("target", "radius", "height", "fov", "jitter"))
+    else:
+        kv = line.keyvalues(words, ("target", "distance", "elevation", "fov", "jitter"))
+    fov = line.number(kv, "fov", positive=True)
+    if fov >= 170:
+        raise line.fail(f"fov: expected degrees below 170, got {fov:g}")
+    jitter = line.number(kv, "jitter") if "jitter" in kv else 0.0
+    if kind == "orbit":
+        return Rig(line.vector(kv, "target"), line.interval(kv, "radius"), line.interval(kv, "height"), fov, abs(jitter))
+    return SphereRig(line.vector(kv, "target"), line.interval(kv, "distance"), line.elevations(kv, "elevation"), fov, abs(jitter))
+
+
+def _with_background_label(spec: SceneSpec, source: str, label_lines: dict[str, int]) -> SceneSpec:
+    """A transparent scene: label 0 becomes "background", the scene's labels move up by one."""
+    if BACKGROUND_LABEL in label_lines:
+        raise FeatgsError(
+            f"{source}:{label_lines[BACKGROUND_LABEL]}: label {BACKGROUND_LABEL!r} is reserved in a transparent scene "
+            "(pixels that see nothing); choose another label"
+        )
+    primitives = tuple(replace(p, label_id=p.label_id + 1) for p in spec.primitives)
+    return replace(spec, labels=(BACKGROUND_LABEL,) + spec.labels, primitives=primitives)
+
+
 def parse_scene_spec(text: str, source: str = "<scene>") -> SceneSpec:
     """Parse a scene description (format in the module docstring); errors name ``source:line``."""
     name = None
     ambient = None
     lights: list[Light] = []
     rig = None
+    transparent = False
+    defaults: dict[str, int] = {}
     labels: list[str] = []
+    label_lines: dict[str, int] = {}  # label -> line of its first appearance
     primitives: list[Primitive] = []
     num_objects = 0
     object_material: Material | None = None
@@ -288,18 +377,25 @@ def parse_scene_spec(text: str, source: str = "<scene>") -> SceneSpec:
             shadow = line.number(kv, "shadow", unit=True) if "shadow" in kv else 0.0
             lights.append(Light(direction / np.linalg.norm(direction), line.number(kv, "intensity", unit=True), shadow))
         elif line.keyword == "rig":
-            kv = line.keyvalues(line.words, ("target", "radius", "height", "fov", "jitter"))
-            fov = line.number(kv, "fov", positive=True)
-            if fov >= 170:
-                raise line.fail(f"fov: expected degrees below 170, got {fov:g}")
-            jitter = line.number(kv, "jitter") if "jitter" in kv else 0.0
-            rig = Rig(line.vector(kv, "target"), line.interval(kv, "radius"), line.interval(kv, "height"), fov, abs(jitter))
+            rig = _rig(line)
+        elif line.keyword == "background":
+            if len(line.words) != 1:
+                raise line.fail(f"expected: background {'|'.join(BACKGROUNDS)}")
+            if line.words[0] not in BACKGROUNDS:
+                raise line.fail(f"unknown background {line.words[0]!r}; expected {' or '.join(BACKGROUNDS)}")
+            transparent = line.words[0] == "transparent"
+        elif line.keyword == "defaults":
+            if not line.words:
+                raise line.fail(f"expected: defaults KEY=N... with keys {', '.join(CONFIG_MINIMUMS)}")
+            kv = line.keyvalues(line.words, tuple(CONFIG_MINIMUMS))
+            defaults.update({key: line.integer(kv, key, CONFIG_MINIMUMS[key]) for key in kv})
         elif line.keyword == "object":
             if len(line.words) < 2:
                 raise line.fail("expected: object LABEL SHAPE key=value...")
             label = line.words[0]
             if label not in labels:
                 labels.append(label)
+                label_lines[label] = lineno
             num_objects += 1
             prim = _primitive(line, line.words[1:], labels.index(label), num_objects - 1, None)
             object_material = prim.material
@@ -310,13 +406,14 @@ def parse_scene_spec(text: str, source: str = "<scene>") -> SceneSpec:
             last = primitives[-1]
             primitives.append(_primitive(line, line.words, last.label_id, last.instance_id, object_material))
         else:
-            raise line.fail(f"unknown statement {line.keyword!r}; expected scene, ambient, light, rig, object or part")
+            raise line.fail(f"unknown statement {line.keyword!r}; expected scene, ambient, light, rig, background, defaults, object or part")
     missing = [k for k, v in (("scene", name), ("rig", rig), ("object", primitives or None)) if v is None]
     if missing:
         raise FeatgsError(f"{source}: missing {', '.join(missing)} statement(s)")
-    if len(labels) > 255:
-        raise FeatgsError(f"{source}: {len(labels)} labels; at most 255 fit an 8-bit label map")
-    return SceneSpec(name, tuple(labels), tuple(primitives), 0.3 if ambient is None else ambient, tuple(lights), rig)
+    if len(labels) + transparent > 255:
+        raise FeatgsError(f"{source}: {len(labels) + transparent} labels; at most 255 fit an 8-bit label map")
+    spec = SceneSpec(name, tuple(labels), tuple(primitives), 0.3 if ambient is None else ambient, tuple(lights), rig, transparent, defaults)
+    return _with_background_label(spec, source, label_lines) if transparent else spec
 
 
 def load_scene_spec(path: str | Path) -> SceneSpec:
