@@ -228,27 +228,25 @@ class _Line:
             raise self.fail(f"{key}: expected numbers in 0..1, got {kv[key]!r}")
         return v
 
-    def interval(self, kv: dict, key: str) -> tuple[float, float]:
+    def _min_max(self, kv: dict, key: str, unit: str = "") -> tuple[float, float]:
+        """``MIN:MAX`` (or one value for both) as two floats."""
         if key not in kv:
             raise self.fail(f"{self.what}: missing {key}=")
         lo, colon, hi = kv[key].partition(":")
         try:
-            a, b = float(lo), float(hi if colon else lo)
+            return float(lo), float(hi if colon else lo)
         except ValueError:
-            raise self.fail(f"{key}: expected MIN:MAX, got {kv[key]!r}") from None
+            raise self.fail(f"{key}: expected MIN:MAX{unit}, got {kv[key]!r}") from None
+
+    def interval(self, kv: dict, key: str) -> tuple[float, float]:
+        a, b = self._min_max(kv, key)
         if not (math.isfinite(a) and math.isfinite(b) and 0 < a <= b):
             raise self.fail(f"{key}: expected 0 < MIN <= MAX, got {kv[key]!r}")
         return a, b
 
     def elevations(self, kv: dict, key: str) -> tuple[float, float]:
         """Degrees ``MIN:MAX`` (or one value) with -90 < MIN <= MAX < 90."""
-        if key not in kv:
-            raise self.fail(f"{self.what}: missing {key}=")
-        lo, colon, hi = kv[key].partition(":")
-        try:
-            a, b = float(lo), float(hi if colon else lo)
-        except ValueError:
-            raise self.fail(f"{key}: expected MIN:MAX in degrees, got {kv[key]!r}") from None
+        a, b = self._min_max(kv, key, " in degrees")
         if not (-90 < a <= b < 90):
             raise self.fail(f"{key}: expected degrees -90 < MIN <= MAX < 90, got {kv[key]!r}")
         return a, b
