@@ -18,7 +18,8 @@ from featgs.errors import FeatgsError
 from featgs.gaussians import load_ply
 from featgs.render import render
 from featgs.train import TrainConfig
-from featgs.train.background import eval_background, over, resolve_background, step_background
+from featgs.data.images import over
+from featgs.train.background import eval_background, resolve_background, step_background
 from featgs.train.evaluate import evaluate_run
 from featgs.train.run import train_run
 from featgs.train.trainer import Diverged

@@ -72,12 +72,7 @@ def seen_by(points: Tensor, cameras: Sequence[Camera], *, near: float = 0.0) -> 
     p = points.double()
     count = torch.zeros(len(p), dtype=torch.float64)
     for cam in cameras:
-        w2c = torch.linalg.inv(cam.camtoworld.double())
-        q = p @ w2c[:3, :3].T + w2c[:3, 3]
-        z = q[:, 2]
-        zs = z.clamp_min(1e-12)
-        K = cam.K.double()
-        u = K[0, 0] * q[:, 0] / zs + K[0, 2]
-        v = K[1, 1] * q[:, 1] / zs + K[1, 2]
-        count += ((z > near) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)).double()
+        uv, z = cam.project(p)
+        inside = (uv[:, 0] >= 0) & (uv[:, 0] < cam.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height)
+        count += ((z > near) & inside).double()
     return count / max(1, len(cameras))

@@ -7,10 +7,10 @@ Every reader returns numpy arrays and turns an unreadable file into a one-line
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from torch import Tensor
 
 from featgs.errors import FeatgsError
 
@@ -45,15 +45,20 @@ def find_image(base: Path) -> Path | None:
     return None
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
+def _header(path: Path, read):
+    """``read(image)`` of the opened, undecoded image (header only); one-line errors."""
     try:
         with Image.open(path) as im:
-            return im.size
+            return read(im)
     except FileNotFoundError:
         raise FeatgsError(f"{path}: file not found; expected a PNG or JPEG image") from None
     except DECODE_ERRORS as e:
         raise FeatgsError(f"{path}: cannot read image ({e.__class__.__name__}); expected a PNG or JPEG image") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    return _header(path, lambda im: im.size)
 
 
 def read_rgba(path: Path) -> np.ndarray:
@@ -65,26 +70,18 @@ def read_rgba(path: Path) -> np.ndarray:
     return np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
 
 
-def composite(rgba: np.ndarray, background: Sequence[float]) -> np.ndarray:
-    """[..., 4] colour and alpha -> [..., 3] colour over ``background`` [3] (straight alpha)."""
+def over(rgba: Tensor, background: Tensor) -> Tensor:
+    """[..., 4] straight-alpha colour -> [..., 3] over ``background`` [3]; [..., 3] passes unchanged."""
+    if rgba.shape[-1] == 3:
+        return rgba
     alpha = rgba[..., 3:]
-    return rgba[..., :3] * alpha + np.asarray(background, dtype=np.float32) * (1.0 - alpha)
-
-
-def read_rgb(path: Path, background: Sequence[float]) -> np.ndarray:
-    """[H, W, 3] float32 colour in 0..1; images with alpha are composited over ``background`` [3]."""
-    return composite(read_rgba(path), background)
+    return rgba[..., :3] * alpha + background * (1.0 - alpha)
 
 
 def has_alpha(path: Path) -> bool:
     """Whether the image file carries an alpha channel (read from its header)."""
-    try:
-        with Image.open(path) as im:
-            return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
-    except FileNotFoundError:
-        raise FeatgsError(f"{path}: file not found; expected a PNG or JPEG image") from None
-    except DECODE_ERRORS as e:
-        raise FeatgsError(f"{path}: cannot read image ({e.__class__.__name__}); expected a PNG or JPEG image") from None
+    return _header(path, lambda im: im.mode in ("RGBA", "LA", "PA", "RGBa", "La")
+                   or (im.mode == "P" and "transparency" in im.info))
 
 
 def read_label_map(path: Path) -> np.ndarray:

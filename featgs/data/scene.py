@@ -17,7 +17,7 @@ from torch import Tensor
 
 from featgs.camera import Camera
 from featgs.data.distortion import undistort_image
-from featgs.data.images import composite, has_alpha, read_depth, read_label_map, read_mask, read_rgba, resize_nearest
+from featgs.data.images import has_alpha, over, read_depth, read_label_map, read_mask, read_rgba, resize_nearest
 from featgs.errors import FeatgsError
 
 
@@ -56,7 +56,7 @@ class View:
 
     def image(self) -> Tensor:
         """[H, W, 3] float32 colour in 0..1, composited over ``background`` where transparent."""
-        return torch.from_numpy(np.ascontiguousarray(composite(self.rgba().numpy(), self.background)))
+        return over(self.rgba(), torch.tensor(self.background, dtype=torch.float32))
 
     def rgba(self) -> Tensor:
         """[H, W, 4] float32 colour and alpha in 0..1 (straight alpha; 1 for opaque images)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+
 BACKGROUNDS = ("auto", "white", "black", "random")
 _COLOURS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
 
@@ -47,11 +48,3 @@ def step_background(name: str, step: int, seed: int, device: torch.device) -> Te
         gen = torch.Generator().manual_seed(seed * 7_919 + step)
         return torch.rand(3, generator=gen).to(device)
     return torch.tensor(_COLOURS[name], dtype=torch.float32, device=device)
-
-
-def over(rgba: Tensor, background: Tensor) -> Tensor:
-    """[H, W, 4] straight-alpha colour -> [H, W, 3] over ``background`` [3]; [H, W, 3] passes."""
-    if rgba.shape[-1] == 3:
-        return rgba
-    alpha = rgba[..., 3:]
-    return rgba[..., :3] * alpha + background * (1.0 - alpha)

@@ -20,7 +20,8 @@ from featgs.gaussians import Gaussians
 from featgs.pictures import FeaturePCA, colorize_labels, contact_sheet, palette, to_uint8
 from featgs.query import confusion_matrix, miou_and_accuracy, segment_features
 from featgs.render import render
-from featgs.train.background import eval_background, over
+from featgs.data.images import over
+from featgs.train.background import eval_background
 from featgs.train.config import TrainConfig
 from featgs.train.losses import psnr, ssim
 from featgs.teachers import TeacherOptions, teacher_names

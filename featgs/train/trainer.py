@@ -20,7 +20,8 @@ from featgs.camera import Camera
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians, LinearDecoder
 from featgs.render import render
-from featgs.train.background import over, step_background
+from featgs.data.images import over
+from featgs.train.background import step_background
 from featgs.train.config import TrainConfig
 from featgs.train.losses import feature_l1, photometric_loss, psnr
 
