@@ -35,7 +35,10 @@ from featgs.gaussians import LinearDecoder  # noqa: E402
 from featgs.render import render  # noqa: E402
 from featgs.train import SolveConfig, TrainConfig  # noqa: E402
 from featgs.train.evaluate import evaluate_gaussians, make_judge  # noqa: E402
-from featgs.train.run import build_cache, load_run_gaussians, resolve_device, train_run  # noqa: E402
+from featgs.run import Run  # noqa: E402
+from featgs.train.blocks import teacher_for_scene  # noqa: E402
+from featgs.device import resolve_device  # noqa: E402
+from featgs.train.run import build_cache, train_run  # noqa: E402
 from featgs.train.solve import solve_features  # noqa: E402
 
 
@@ -103,10 +106,8 @@ def main() -> None:
         print(f"geometry: {args.geometry_iters} steps in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     scene = load_scene(data)
     device = resolve_device(args.device)
-    g = load_run_gaussians(run).to(device)
-    from featgs.train.run import _teacher_for
-
-    teacher = _teacher_for("labels", scene)
+    g = Run.open(run).gaussians(device)
+    teacher = teacher_for_scene("labels", scene)
     cache = build_cache(scene, teacher, 1.0, progress=False)
     judge = make_judge(scene, "labels", 1.0, scene.test)
     names = [v.name for v in scene.train]

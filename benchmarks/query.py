@@ -54,7 +54,7 @@ from featgs.data.procedural.make import render_view  # noqa: E402
 from featgs.data.procedural.spec import parse_scene_spec  # noqa: E402
 from featgs.query import Delete, Extract, FeatureField, QueryConfig, Recolor  # noqa: E402
 from featgs.render import render  # noqa: E402
-from featgs.train.run import read_run  # noqa: E402
+from featgs.run import read_run  # noqa: E402
 
 STUFF = ("floor", "wall", "ceiling")
 SYNONYMS = [("cup", "red mug"), ("coffee cup", "red mug"), ("mug", "red mug"), ("fruit", "green apple"),

@@ -122,6 +122,26 @@ class Camera:
         K[1] *= height / self.height
         return replace(self, K=K, width=int(width), height=int(height))
 
+    def check_plausible(self, *, max_focal: float, source: str = "camera") -> None:
+        """Raise a one-line :class:`FeatgsError` unless ``camtoworld`` is rigid (orthonormal
+        rotation with det +1, last row [0, 0, 0, 1]), ``K`` is a pinhole matrix
+        [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], focal lengths are at most ``max_focal`` pixels
+        and the principal point lies within ten image sizes of the image (for cameras that
+        come from users, e.g. over HTTP)."""
+        c2w = self.camtoworld
+        R = c2w[:3, :3]
+        if not (torch.allclose(R.T @ R, torch.eye(3, dtype=R.dtype), atol=1e-3) and float(torch.det(R)) > 0
+                and torch.allclose(c2w[3], torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype))):
+            raise FeatgsError(f"{source}.camtoworld must be a rigid transform: a rotation (orthonormal, det +1) "
+                              "and a translation, last row [0, 0, 0, 1]")
+        K = self.K
+        if float(K[0, 1]) != 0 or float(K[1, 0]) != 0 or K[2].tolist() != [0.0, 0.0, 1.0]:
+            raise FeatgsError(f"{source}.K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]")
+        if not (self.fx <= max_focal and self.fy <= max_focal and abs(self.cx) <= 10 * self.width
+                and abs(self.cy) <= 10 * self.height):
+            raise FeatgsError(f"{source}.K: focal lengths must be at most {max_focal:g} pixels and the principal "
+                              "point within ten image sizes of the image")
+
     # -- CAM.json -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         out = {

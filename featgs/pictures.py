@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import colorsys
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+if TYPE_CHECKING:  # pragma: no cover
+    from featgs.gaussians import Gaussians
 
-def to_uint8(image: Tensor) -> np.ndarray:
-    """[H, W, 3] float in 0..1 -> uint8 array."""
-    return (image.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+
+def to_uint8(image: Union[Tensor, np.ndarray]) -> np.ndarray:
+    """[H, W, 3] float in 0..1 (a tensor on any device, or an array) -> uint8 array."""
+    return (torch.as_tensor(image).detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
 
 class FeaturePCA:
     """A fixed 3-component projection of features to RGB, so every view shares its colours.
 
     Fitted once on per-Gaussian (decoded) features; colours are stretched by the 1st/99th
-    percentiles of the fitting data.
+    percentiles of the fitting data. Its tensors stay where the samples were (the CPU for
+    :meth:`fit_gaussians`); the methods take them to the device of what they are given.
     """
 
     def __init__(self, samples: Tensor):
@@ -34,10 +38,40 @@ class FeaturePCA:
         self.lo = torch.quantile(proj, 0.01, dim=0)
         self.hi = torch.quantile(proj, 0.99, dim=0)
 
+    @classmethod
+    def fit_gaussians(cls, gaussians: "Gaussians", max_samples: int = 20000, seed: int = 0) -> "FeaturePCA":
+        """The PCA of the decoded features of a random sample of ``max_samples`` Gaussians
+        (``seed`` picks it, so a scene always gets the same colours): what every picture of a
+        scene's features (field renders, the viewer, evaluation sheets) uses."""
+        f = gaussians.features.detach().float()
+        pick = torch.randperm(len(f), generator=torch.Generator().manual_seed(seed))[:max_samples].to(f.device)
+        x = f[pick]
+        dec = gaussians.decoder
+        if dec is not None:
+            x = x @ dec.weight.detach().float().to(x.device).T + dec.bias.detach().float().to(x.device)
+        return cls(x.cpu())
+
+    def project(self, features: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
+        """[..., D] features -> [..., 3] coordinates in the components.
+
+        With a decoder's ``weight`` [D, d] and ``bias`` [D], ``features`` are the [..., d]
+        undecoded ones (e.g. a render without its decoder): the projection of their decoded
+        feature, computed without building the [..., D] map.
+        """
+        basis = self.basis.to(features.device)
+        if weight is None:
+            return (features.float() - self.mean.to(features.device)) @ basis
+        proj = features.float() @ (weight.T @ basis)
+        return proj + ((bias - self.mean.to(proj.device)) @ basis)
+
+    def colour(self, coords: Tensor) -> Tensor:
+        """[..., 3] coordinates (from :meth:`project`) -> RGB in 0..1."""
+        lo, span = self.lo.to(coords.device), (self.hi - self.lo).clamp_min(1e-8).to(coords.device)
+        return ((coords - lo) / span).clamp(0, 1)
+
     def __call__(self, features: Tensor) -> Tensor:
         """[H, W, D] -> [H, W, 3] in 0..1."""
-        p = (features.float() - self.mean) @ self.basis
-        return ((p - self.lo) / (self.hi - self.lo).clamp_min(1e-8)).clamp(0, 1)
+        return self.colour(self.project(features))
 
 
 def palette(n: int) -> np.ndarray:
@@ -51,10 +85,10 @@ def palette(n: int) -> np.ndarray:
 
 
 def colorize_labels(labels: Tensor, colors: np.ndarray) -> np.ndarray:
-    """[H, W] int ids (-1 = none, black) -> [H, W, 3] uint8."""
-    ids = labels.cpu().numpy()
+    """[H, W] int ids (-1 or past the colours = none, black) -> [H, W, 3] uint8."""
+    ids = torch.as_tensor(labels).cpu().numpy()
     out = np.zeros(ids.shape + (3,), dtype=np.uint8)
-    ok = ids >= 0
+    ok = (ids >= 0) & (ids < len(colors))
     out[ok] = colors[ids[ok]]
     return out
 

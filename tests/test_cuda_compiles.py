@@ -25,6 +25,7 @@ def _cuda_include() -> Path:
     pytest.skip("CUDA headers not found next to nvcc")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
 def test_kernels_compile_for_sm90(tmp_path):
     cmd = [NVCC, "-std=c++17", "-O3", "-arch=sm_90", "-Xptxas", "-v", "-c", str(CUDA_DIR / "topk_raster.cu"),
@@ -35,6 +36,7 @@ def test_kernels_compile_for_sm90(tmp_path):
         assert kernel in res.stderr, kernel  # ptxas reports every kernel it compiled
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(NVCC is None or shutil.which("g++") is None, reason="nvcc or g++ not installed")
 def test_torch_bindings_compile(tmp_path):
     from torch.utils.cpp_extension import include_paths

@@ -11,7 +11,7 @@ import pytest
 from featgs.cli import main
 from featgs.data import load_scene
 from featgs.errors import FeatgsError
-from test_data_fixtures import make_tabletop, read_transforms, to_blender, to_colmap
+from data_builders import make_tabletop, read_transforms, to_blender, to_colmap
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from featgs.cli import main
 from featgs.data import initial_points, load_scene
 from featgs.data.distortion import distort_pixels, undistort_pixels
 from featgs.data.scene import transform_points
-from test_data_fixtures import (
+from data_builders import (
     blender_alpha,
     distort_transforms,
     make_tabletop,
@@ -181,7 +181,7 @@ def test_downscale_uses_an_on_disk_cache(datasets, tmp_path):
 
 
 def test_colmap_images_of_different_sizes(datasets, tmp_path):
-    from test_data_fixtures import opencv_camtoworld, rotation_to_quat, write_colmap_model
+    from data_builders import opencv_camtoworld, rotation_to_quat, write_colmap_model
 
     src = datasets["transforms"]
     meta = read_transforms(src)

@@ -44,6 +44,7 @@ def one_line_error(capsys) -> str:
     return err
 
 
+@pytest.mark.slow
 def test_sam_extraction_resumes_and_knows_its_checkpoint(scene, checkpoints, monkeypatch, capsys, tmp_path):
     args = ["features", "extract", str(scene), "--teacher", "sam", "--checkpoint", str(checkpoints.sam), "--quiet"]
     encode = SamTeacher.encode_view
@@ -102,6 +103,7 @@ def test_clip_extraction_and_compression(scene, checkpoints, capsys):
     assert "--checkpoint does not apply to --teacher labels" in one_line_error(capsys)
 
 
+@pytest.mark.slow
 def test_training_on_sam_and_clip_at_once(scene, checkpoints, tmp_path):
     run = tmp_path / "run"
     assert main(["train", str(scene), "--out", str(run), "--teacher", "sam,clip", "--feature-dim", "8",
@@ -123,6 +125,7 @@ def test_training_on_sam_and_clip_at_once(scene, checkpoints, tmp_path):
     assert masks.masks.shape == (3, 32, 32)
 
 
+@pytest.mark.slow
 def test_joint_training_shares_one_feature_between_teacher_heads(scene, checkpoints, tmp_path):
     run = tmp_path / "joint"
     assert main(["train", str(scene), "--out", str(run), "--teacher", "sam,clip", "--mode", "joint",

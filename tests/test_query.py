@@ -1,4 +1,5 @@
-"""Language queries, prompts, lifting and edits on a tiny trained tabletop run.
+"""Language queries, prompts, lifting and edits on the tiny trained tabletop run
+(``tabletop_run``, tests/conftest.py).
 
 The run (32 x 32 images) is coarse: the mug covers 2-4 pixels of a test view, the wall
 hundreds. So masks are scored where there are pixels to score (wall, floor, table) and small
@@ -21,7 +22,6 @@ from scipy import ndimage
 from featgs.camera import Camera, intrinsics_from_fov, look_at
 from featgs.cli import main
 from featgs.data import load_scene
-from featgs.data.procedural import MakeConfig, make_scene, resolve_scene
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians, LinearDecoder, load_ply, save_ply
 from featgs.pictures import palette
@@ -40,30 +40,16 @@ from featgs.query import (
 from featgs.query.clean import clean_selection
 from featgs.query.prompt import SamMaskDecoder
 from featgs.render import render
-from featgs.train import TrainConfig
-from featgs.train.run import train_run
 
 # centres in the scene description (scenes/tabletop.txt), metres
 WHERE = {"blue book": (0.33, 0.20, 0.765), "red mug": (-0.17, -0.22, 0.79), "tomato": (0.42, -0.22, 0.775),
          "white plate": (0.15, -0.10, 0.75)}
 
 
-def shared_run(tmp_path_factory) -> Path:
-    """The tiny run of these tests and tests/test_server.py, trained once per session."""
-    root = tmp_path_factory.getbasetemp() / "query-run"
-    run = root / "run"
-    if not (run / "point_cloud.ply").exists():
-        shutil.rmtree(root, ignore_errors=True)
-        path = resolve_scene("tabletop")
-        make_scene(path.read_text(), str(path), root / "data", MakeConfig(size=32, views=24, test_views=3, points=400))
-        config = TrainConfig(iters=300, refine_start=30, refine_every=30, feature_dim=16, checkpoint_every=1000)
-        train_run(root / "data", run, config, progress=False)
-    return run
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory)
+def run(tabletop_run) -> Path:
+    """The shared tiny run (read-only; tests that write into a run copy it)."""
+    return tabletop_run
 
 
 @pytest.fixture(scope="module")

@@ -76,6 +76,7 @@ def test_forward_facing_rig_gets_frustum_points():
     assert shape.object_centric and float(shape.centre.norm()) < 1e-6 and abs(shape.distance - math.sqrt(4.25)) < 1e-6
 
 
+@pytest.mark.slow
 def test_transparent_capture_trains_over_its_background_and_leaves_empty_space_empty(obj, tmp_path):
     untrained = tmp_path / "r0"
     train_run(obj, untrained, TrainConfig(iters=1, teacher="none", **SMALL), progress=False)
@@ -99,6 +100,7 @@ def test_transparent_capture_trains_over_its_background_and_leaves_empty_space_e
     assert all(r["step_seconds"] > 0 and r["max_step_seconds"] >= r["step_seconds"] for r in log)
 
 
+@pytest.mark.slow
 def test_background_flag_is_recorded_and_white_trains_too(obj, tmp_path):
     info = train_run(obj, tmp_path / "w", TrainConfig(iters=150, teacher="none", background="white", init="random",
                                                       **SMALL), progress=False)
@@ -106,6 +108,7 @@ def test_background_flag_is_recorded_and_white_trains_too(obj, tmp_path):
     assert evaluate_run(tmp_path / "w", pictures=False, progress=False)["psnr"] >= 18.0
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(obj, tmp_path, monkeypatch, capsys):
     import featgs.train.trainer as trainer
 

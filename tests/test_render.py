@@ -105,6 +105,7 @@ def test_topk_weights_reproduce_the_features():
     torch.testing.assert_close(small.topk_weights, w[..., :2])
 
 
+@pytest.mark.slow
 def test_gradients_match_finite_differences():
     g = _scene(8, n=14, d=2, sh=1, opacity=(0.2, 0.8), scale=(0.05, 0.3))
     cam = orbit_camera(21, 17, distance=2.0)
@@ -150,6 +151,7 @@ def test_nothing_visible_gives_background_and_gradients():
     assert g.means.grad is not None and g.means.grad.abs().sum() == 0
 
 
+@pytest.mark.slow
 def test_default_strategy_densifies_on_cpu():
     from gsplat.strategy import DefaultStrategy
 

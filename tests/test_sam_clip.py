@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from featgs.errors import FeatgsError
-from featgs.teachers import TeacherOptions, make_teacher_from_options, sam_model
+from featgs.teachers import TeacherOptions, make_teacher, sam_model
 from featgs.teachers.clip import ClipTeacher, pool_in_masks, window_starts
 from featgs.teachers.clip_model import clip_arch
 from featgs.teachers.clip_tokenizer import ClipTokenizer
@@ -43,6 +43,7 @@ def test_sam_map_is_the_embedding_cropped_to_the_image(sam_teacher):
     assert x.shape == (1, 3, 1024, 1024) and (x[..., 614:, :] == 0).all() and (x[..., 613, :] != 0).any()
 
 
+@pytest.mark.slow
 def test_prompter_is_sams_own_pipeline(sam_teacher, square):
     image, features = square
     prompter = SamPrompter(sam_teacher.sam)
@@ -62,6 +63,7 @@ def test_prompter_is_sams_own_pipeline(sam_teacher, square):
     assert not torch.equal(ref["low_res_logits"][0], ref["low_res_logits"][1])
 
 
+@pytest.mark.slow
 def test_prompter_boxes_and_rendered_maps(sam_teacher, square):
     _, features = square
     prompter = SamPrompter(sam_teacher.sam)
@@ -130,6 +132,7 @@ def test_clip_tokenizer_follows_clip(checkpoints):
     assert tokens[0, 7:].eq(0).all() and tokens[1, -1] == end and tokens.shape == (2, 16)
 
 
+@pytest.mark.slow
 def test_sharpened_clip_pools_inside_sams_automatic_masks(checkpoints, monkeypatch):
     import featgs.teachers.clip as clip
 
@@ -171,4 +174,4 @@ def test_checkpoint_that_does_not_fit_is_one_line(checkpoints, tmp_path):
     with pytest.raises(FeatgsError, match="'timm_model_name' is not supported"):
         clip_arch(str(odd))
     with pytest.raises(FeatgsError, match="needs --sam-checkpoint"):
-        make_teacher_from_options("sam", TeacherOptions())
+        make_teacher("sam", TeacherOptions())

@@ -1,4 +1,5 @@
-"""The HTTP API on the tiny run of tests/test_query.py: every endpoint, bad requests, traversal."""
+"""The HTTP API on the tiny trained tabletop run (``tabletop_run``, tests/conftest.py): every
+endpoint, bad requests, traversal."""
 
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ from featgs.gaussians import load_ply
 from featgs.query import FeatureField
 from featgs.server import FieldServer
 from featgs.server.app import MAX_BODY
-from test_query import shared_run
+from builders import copy_run
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory)
+def run(tabletop_run, tmp_path_factory) -> Path:
+    """A copy of the shared run: the server saves edits under RUN/edits."""
+    return copy_run(tabletop_run, tmp_path_factory.mktemp("server") / "run")
 
 
 @pytest.fixture(scope="module")

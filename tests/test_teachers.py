@@ -75,6 +75,7 @@ def test_encode_text_is_real_language(labels_teacher):
     )
 
 
+@pytest.mark.slow
 def test_encoder_matches_sentence_transformers(labels_teacher, no_network):
     sentence_transformers = pytest.importorskip("sentence_transformers")
     from featgs.teachers.minilm import model_folder

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from featgs.cli import main
-from featgs.data.procedural import MakeConfig, make_scene, resolve_scene
 from featgs.gaussians import load_ply
 from featgs.train import TrainConfig
 from featgs.train.evaluate import evaluate_run
@@ -23,13 +22,12 @@ TINY = dict(refine_start=30, refine_every=30, checkpoint_every=1000)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "tiny"
-    path = resolve_scene("tabletop")
-    make_scene(path.read_text(), str(path), out, MakeConfig(size=32, views=24, test_views=3, points=400))
-    return out
+def tiny(tabletop_data) -> Path:
+    """The session's tiny tabletop dataset (tests/conftest.py); tests that change it copy it."""
+    return tabletop_data
 
 
+@pytest.mark.slow
 def test_training_beats_the_untrained_model(tiny, tmp_path):
     untrained = train_run(tiny, tmp_path / "r0", TrainConfig(iters=1, **TINY), progress=False)
     trained = train_run(tiny, tmp_path / "r1", TrainConfig(iters=400, **TINY), progress=False)
@@ -49,6 +47,7 @@ def test_training_beats_the_untrained_model(tiny, tmp_path):
     assert json.loads(lines[-1])["step"] == 400
 
 
+@pytest.mark.slow
 def test_joint_mode_with_decoder_trains_features(tiny, tmp_path):
     info = train_run(tiny, tmp_path / "j", TrainConfig(iters=60, mode="joint", feature_dim=8, **TINY), progress=False)
     g = load_ply(tmp_path / "j" / "point_cloud.ply")
@@ -57,6 +56,7 @@ def test_joint_mode_with_decoder_trains_features(tiny, tmp_path):
     assert log[-1]["feature_l1"] < log[0]["feature_l1"]
 
 
+@pytest.mark.slow
 def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tiny, tmp_path):
     args = ["--iters", "60", "--refine-start", "10", "--refine-every", "10", "--checkpoint-every", "1000", "--quiet"]
     cmd = [sys.executable, "-m", "featgs", "train", str(tiny), "--out", str(tmp_path / "a")] + args
@@ -98,6 +98,7 @@ def test_bad_input_gives_one_line_and_writes_nothing(tiny, tmp_path, capsys):
     _one_line_error(capsys)
 
 
+@pytest.mark.slow
 def test_nan_teacher_map_is_refused(tiny, tmp_path, capsys):
     import shutil
 
@@ -118,6 +119,7 @@ def test_nan_teacher_map_is_refused(tiny, tmp_path, capsys):
     assert "NaN" in _one_line_error(capsys) and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_teacher_dimension_clash_with_cache_is_refused(tiny, tmp_path, capsys):
     import shutil
 
@@ -151,6 +153,7 @@ def test_demo_help_lists_its_options(capsys):
     assert "--iters" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_mcmc_strategy_runs_on_the_cpu(tiny, tmp_path):
     info = train_run(tiny, tmp_path / "m", TrainConfig(iters=40, strategy="mcmc", refine_start=5, refine_every=10,
                                                         cap_max=450, teacher="none", checkpoint_every=1000),

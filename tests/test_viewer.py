@@ -248,6 +248,7 @@ def test_fair_slots_serve_waiters_in_order():
     assert order == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_a_run_without_features_offers_colour_and_depth_only(tmp_path):
     from featgs.data.procedural import MakeConfig, make_scene, resolve_scene
     from featgs.train import TrainConfig

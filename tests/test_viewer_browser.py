@@ -1,9 +1,9 @@
 """`featgs view` in a real headless browser (Debian's chromium driven by Playwright).
 
-One tiny run is trained for the module and served by one `featgs view` process; each test
-opens its own page(s) and checks what the page shows with pixel assertions on screenshots,
-kept under test-artifacts/viewer/. Skips (does not fail) where chromium or playwright is
-missing; CI installs both.
+The session's tiny trained run (``viewer_run``, tests/conftest.py), copied for the module, is
+served by one `featgs view` process; each test opens its own page(s) and checks what the page
+shows with pixel assertions on screenshots, kept under test-artifacts/viewer/. Skips (does not
+fail) where chromium or playwright is missing; CI installs both.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+
+from builders import copy_run
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "viewer"
@@ -34,27 +35,16 @@ pytest.importorskip("viser", reason="viser is not installed")
 if not os.path.exists(CHROMIUM):
     pytest.skip("chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
+pytestmark = pytest.mark.slow  # a trained run and a real browser
+
 FRAME = re.compile(r"frame (\d+) · (\d+)×(\d+) (moving|still)")
 
 
 # -- fixtures ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    from featgs.data.procedural import MakeConfig, make_scene, resolve_scene
-    from featgs.train import TrainConfig
-    from featgs.train.run import train_run
-
-    base = tmp_path_factory.mktemp("viewer")
-    spec = resolve_scene("tabletop")
-    make_scene(spec.read_text(), str(spec), base / "data", MakeConfig(size=32, views=24, test_views=3, points=400))
-    config = TrainConfig(iters=400, feature_dim=16, refine_start=30, refine_every=30, checkpoint_every=1000)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 32-pixel scene gains nothing from more, and loses much when the cores are busy
-    try:
-        train_run(base / "data", base / "run", config, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return base / "run"
+def run_dir(viewer_run, tmp_path_factory) -> Path:
+    """A copy of the session's viewer run (tests/conftest.py): the viewer saves edits into it."""
+    return copy_run(viewer_run, tmp_path_factory.mktemp("viewer") / "run")
 
 
 @pytest.fixture(scope="module")

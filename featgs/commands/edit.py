@@ -60,24 +60,21 @@ def _triple(lo: float, hi: float):
 
 
 def run_edit(args: argparse.Namespace) -> int:
-    from featgs.query import Delete, Extract, FeatureField, Recolor, Translate
+    from featgs.query import FeatureField
+    from featgs.query.edit import make_edit
+    from featgs.run import RunPaths
 
     if args.out.suffix.lower() != ".ply":
         raise FeatgsError(f"--out {args.out}: expected a .ply file")
     if args.out.is_dir():
         raise FeatgsError(f"--out {args.out}: is a folder; expected a .ply file")
-    run_ply = (args.run / "point_cloud.ply").resolve()
+    run_ply = RunPaths(args.run).ply.resolve()
     if args.out.resolve() == run_ply:
         raise FeatgsError(f"--out {args.out}: is the run's own PLY; write the edit elsewhere")
     options = query_args(args)
-    if args.delete:
-        op, verb = Delete(), "deleted"
-    elif args.extract:
-        op, verb = Extract(), "extracted"
-    elif args.recolor is not None:
-        op, verb = Recolor(args.recolor), "recoloured"
-    else:
-        op, verb = Translate(args.translate), "moved"
+    name = next(n for n in ("delete", "extract", "recolor", "translate") if getattr(args, n))
+    op = make_edit(name, rgb=args.recolor, offset=args.translate)
+    verb = {"delete": "deleted", "extract": "extracted", "recolor": "recoloured", "translate": "moved"}[name]
     field = FeatureField.load(args.run)
     sel = field.query(args.text, **options)
     if not len(sel):

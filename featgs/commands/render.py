@@ -14,6 +14,7 @@ from PIL import Image
 
 from featgs.atomic import atomic_open
 from featgs.camera import Camera
+from featgs.device import resolve_device
 from featgs.errors import FeatgsError
 from featgs.gaussians import load_ply
 from featgs.render import BACKENDS, render
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.features_out is not None and gaussians.feature_dim == 0:
         raise FeatgsError(f"{args.ply}: has no feat_* properties, so --features-out has nothing to render")
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device()
     start = time.perf_counter()
     with torch.no_grad():
         out = render(

@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from featgs.train.run import read_run
+    from featgs.run import read_run
     from featgs.viewer import ViewerApp, ViewerConfig
 
     read_run(args.run)  # a one-line error before anything heavy is imported

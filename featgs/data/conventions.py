@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from featgs.rotations import quat_to_rotmat
+
 _FLIP_YZ = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64))
 
 
@@ -19,17 +21,9 @@ def flip_yz(camtoworld: Tensor) -> Tensor:
 
 
 def quat_to_rotation(qvec: Tensor) -> Tensor:
-    """[4] quaternion (w, x, y, z), any norm -> [3, 3] rotation matrix (float64)."""
-    q = torch.as_tensor(qvec, dtype=torch.float64)
-    w, x, y, z = (q / q.norm()).tolist()
-    return torch.tensor(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ],
-        dtype=torch.float64,
-    )
+    """[4] quaternion (w, x, y, z), any norm -> [3, 3] rotation matrix (float64; NaNs for a zero
+    quaternion, which the :class:`~featgs.camera.Camera` built from it then rejects)."""
+    return quat_to_rotmat(torch.as_tensor(qvec, dtype=torch.float64), eps=0.0)
 
 
 def colmap_to_camtoworld(qvec: Tensor, tvec: Tensor) -> Tensor:

@@ -6,20 +6,19 @@
 - :class:`QueryConfig`, :class:`PromptConfig`, :class:`CleanConfig` their parameters
 - :class:`MaskDecoder` the hook for a SAM-style decoder on rendered feature maps, and
   :class:`SamMaskDecoder` SAM's (used by runs with SAM features when the weights are there)
-- :func:`segment_features`, :func:`confusion_matrix`, :func:`miou_and_accuracy` (evaluation)
+- :func:`segment_features` pixels labelled by the closest text (from :mod:`featgs.segmentation`)
 """
 
 from featgs.query.clean import CleanConfig
 from featgs.query.edit import Delete, EditOp, Extract, Recolor, Translate
-from featgs.query.field import RENDER_MODES, FeatureField
+from featgs.query.field import FeatureField
+from featgs.query.modes import RENDER_MODES, RenderMode
 from featgs.query.prompt import MaskDecoder, PromptConfig, SamMaskDecoder
 from featgs.query.relevancy import DEFAULT_NEGATIVES, QueryConfig
-from featgs.query.segment import confusion_matrix, miou_and_accuracy, segment_features
+from featgs.segmentation import segment_features
 from featgs.query.selection import Selection
 
 __all__ = [
-    "DEFAULT_NEGATIVES", "RENDER_MODES", "CleanConfig", "Delete", "EditOp", "Extract", "FeatureField", "MaskDecoder",
-    "PromptConfig", "QueryConfig", "Recolor", "SamMaskDecoder", "Selection", "Translate", "confusion_matrix",
-    "miou_and_accuracy",
-    "segment_features",
+    "DEFAULT_NEGATIVES", "RENDER_MODES", "RenderMode", "CleanConfig", "Delete", "EditOp", "Extract", "FeatureField", "MaskDecoder",
+    "PromptConfig", "QueryConfig", "Recolor", "SamMaskDecoder", "Selection", "Translate", "segment_features",
 ]

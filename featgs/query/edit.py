@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -55,6 +55,31 @@ class Translate:
 
 
 EditOp = Union[Delete, Extract, Recolor, Translate]
+EDIT_NAMES = ("delete", "extract", "recolor", "translate")
+_NEEDS = {"recolor": "rgb", "translate": "offset"}  # op name -> the one argument it takes
+
+
+def make_edit(name: str, *, rgb: Optional[Sequence[float]] = None, offset: Optional[Sequence[float]] = None) -> EditOp:
+    """The edit a request names ("delete", "extract", "recolor" with ``rgb``, "translate" with
+    ``offset``): the one translation of op names used by the CLI, the HTTP API and the viewer.
+
+    Raises:
+        FeatgsError: an unknown name, a missing argument, or one that does not apply.
+    """
+    if name not in EDIT_NAMES:
+        raise FeatgsError(f"op: unknown edit {name!r}; expected one of {', '.join(EDIT_NAMES)}")
+    given = {"rgb": rgb, "offset": offset}
+    needs = _NEEDS.get(name)
+    if needs and given[needs] is None:
+        raise FeatgsError(f"op {name!r} needs {needs!r}")
+    stray = [k for k, v in given.items() if v is not None and k != needs]
+    if stray:
+        raise FeatgsError(f"{stray[0]!r} does not apply to op {name!r}")
+    if name == "delete":
+        return Delete()
+    if name == "extract":
+        return Extract()
+    return Recolor(tuple(rgb)) if name == "recolor" else Translate(tuple(offset))
 
 _LUMA = (0.299, 0.587, 0.114)
 

@@ -7,31 +7,32 @@
     mask, apple = field.prompt(cam, points=[[70, 52]])
     field.edit(mug, Delete()).save("no_mug.ply")
 
-A field never changes: edits return a new one. It is not thread-safe (the renderer is not
-thread-safe by contract): callers that share one across threads serialise access, as the HTTP
-server does.
+A field never changes: edits return a new one. It may be shared across threads: its
+operations run one at a time under a lock that a field shares with the fields its edits make
+(they share the text encoder and the embedding cache), so callers need no lock of their own.
 """
 
 from __future__ import annotations
 
 import functools
-import warnings
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from featgs.camera import Camera
+from featgs.device import resolve_device
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians, save_ply
-from featgs.pictures import FeaturePCA, colorize_labels, palette
+from featgs.pictures import FeaturePCA
 from featgs.query.clean import CleanConfig, clean_selection, hidden_behind, radii, spread, touching_groups
 from featgs.query.edit import EditOp, apply_edit
 from featgs.query.features import FeatureSpace
-from featgs.query.images import depth_to_rgb, heat
+from featgs.query.modes import RenderMode, check_mode, mode_image
 from featgs.query.lift import lift_mask, render_values, selection_share
 from featgs.query.prompt import (
     MaskDecoder,
@@ -52,8 +53,8 @@ from featgs.query.relevancy import (
 )
 from featgs.query.selection import Selection
 from featgs.render import render as render_view
+from featgs.run import Run
 
-RENDER_MODES = ("rgb", "depth", "features", "relevancy", "segmentation", "selection")
 MAX_TEXT = 500  # characters in one query or label text
 _TEXT_CACHE = 1024  # embeddings kept per field
 _SELECTION_CACHE = 256  # text-query selections kept per field
@@ -61,6 +62,17 @@ _LIFT_TOP_K = 16
 
 
 Channels = Tuple[int, int]
+_T = TypeVar("_T")
+
+
+def _one_at_a_time(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Run a FeatureField operation under the field's lock (caches, encoder, renderer)."""
+    @functools.wraps(method)
+    def locked(self: "FeatureField", *args, **kwargs) -> _T:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,7 @@ class FeatureField:
     no_text_reason: str = "the run's teacher is not language-aligned (or it has none)"
     normalization: Optional[Tensor] = None
     _texts: Dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     # Text queries are pure functions of the (immutable) field, so their selections are kept;
     # not an init field, so the new fields that edits make start empty.
     _selections: Dict[tuple, Tuple[Tensor, float, str]] = field(default_factory=dict, init=False, repr=False,
@@ -109,7 +122,7 @@ class FeatureField:
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, run: str | Path, *, mask_decoder: Optional[MaskDecoder] = None,
+    def load(cls, run: "str | Path | Run", *, mask_decoder: Optional[MaskDecoder] = None,
              sam_checkpoint: Optional[str | Path] = None,
              device: Optional[str | torch.device] = None) -> "FeatureField":
         """The field of a run folder made by ``featgs train``.
@@ -123,26 +136,20 @@ class FeatureField:
         Raises:
             FeatgsError: not a finished run, or a decoder for a teacher the run lacks.
         """
-        from featgs.data import load_scene
-        from featgs.teachers import make_teacher_from_options
-        from featgs.train.blocks import teacher_channels
-        from featgs.train.config import TrainConfig
-        from featgs.train.run import load_run_gaussians, read_run
+        from featgs.teachers import make_teacher
 
-        root = Path(run)
-        info = read_run(root)
-        config = TrainConfig.from_dict(info["config"])
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        g = load_run_gaussians(root).to(device)
-        blocks = teacher_channels(info)
-        model_ids = {t["name"]: t.get("model_id") for t in info.get("teachers") or [info["teacher"]] if t}
+        run = run if isinstance(run, Run) else Run.open(run)
+        root = run.root
+        options = run.teacher_options
+        device = resolve_device("auto" if device is None else device)
+        g = run.gaussians(device)
+        blocks = run.teacher_channels
         whole = lambda ch: None if ch == (0, g.output_feature_dim) else ch  # noqa: E731
         encoder = text = None
         reason = "the run has no language-aligned teacher (labels or clip): it cannot answer text queries"
         for name, channels in blocks.items():
             try:
-                teacher = make_teacher_from_options(name, config.teacher_options)
+                teacher = make_teacher(name, options)
             except FeatgsError as e:  # e.g. a CLIP checkpoint that has moved since training
                 if name == "clip":
                     reason = f"the run's clip teacher cannot be rebuilt for text queries: {e}"
@@ -154,31 +161,22 @@ class FeatureField:
             raise FeatgsError(f"--sam-checkpoint {sam_checkpoint}: " + ("not a file" if "sam" in blocks else
                               f"run {root} has no SAM features ({', '.join(blocks) or 'no teacher'})"))
         if mask_decoder is None and "sam" in blocks:
-            path = sam_checkpoint or config.teacher_options.sam_checkpoint
+            path = sam_checkpoint or options.sam_checkpoint
             if path is not None and Path(path).is_file():
-                mask_decoder = SamMaskDecoder(Path(path), model=config.teacher_options.sam_model, device=device)
+                mask_decoder = SamMaskDecoder(Path(path), model=options.sam_model, device=device)
         if mask_decoder is not None and mask_decoder.teacher not in blocks:
             raise FeatgsError(f"{root}: a {mask_decoder.teacher} mask decoder needs a run distilled from "
                               f"{mask_decoder.teacher} features; this one has {', '.join(blocks) or 'no teacher'}")
-        ids = sorted(int(k) for k in (info.get("label_names") or {}))
-        names = tuple(dict.fromkeys(info["label_names"][str(i)] for i in ids))
-        train = test = ()
-        data = Path(info.get("data", ""))
-        if data.is_dir():
-            try:
-                scene = load_scene(data, downscale=config.downscale)
-                train = tuple(v.camera for v in scene.train)
-                test = tuple(v.camera for v in scene.test)
-            except FeatgsError as e:  # the features still answer; only views and cleaning need the data
-                warnings.warn(f"{root}: its data folder cannot be loaded ({e}); no views, and selections are "
-                              "not cleaned of hidden Gaussians", stacklevel=2)
+        names = tuple(dict.fromkeys(run.label_names.values()))
+        cameras = run.cameras()
         first = next(iter(blocks.values()), None)
-        return cls(gaussians=g, encoder=encoder, model_id=model_ids.get(text),
+        return cls(gaussians=g, encoder=encoder, model_id=run.model_ids.get(text),
                    text_channels=whole(blocks[text]) if text else None,
                    prompt_channels=whole(blocks[text] if text else first) if first else None,
-                   label_names=names, train_cameras=train, test_cameras=test, mask_decoder=mask_decoder,
+                   label_names=names, train_cameras=cameras["train"], test_cameras=cameras["test"],
+                   mask_decoder=mask_decoder,
                    decoder_channels=whole(blocks[mask_decoder.teacher]) if mask_decoder is not None else None,
-                   root=root, no_text_reason=reason, normalization=_normalization(info))
+                   root=root, no_text_reason=reason, normalization=run.normalization)
 
     # -- basics -------------------------------------------------------------------------------
     @property
@@ -208,6 +206,7 @@ class FeatureField:
             raise FeatgsError(f"{split} view index must be an integer in 0..{len(cams) - 1}, got {index!r}")
         return cams[index]
 
+    @_one_at_a_time
     def embed(self, texts: Sequence[str]) -> Tensor:
         """[n, D] unit embeddings of ``texts`` in the features' space (cached per field)."""
         if self.encoder is None:
@@ -236,12 +235,14 @@ class FeatureField:
         return out
 
     # -- text queries -------------------------------------------------------------------------
+    @_one_at_a_time
     def relevancy(self, text: str, negatives: Optional[Sequence[str]] = None, *, temperature: float = 0.1) -> Tensor:
         """[N] relevancy of every Gaussian to ``text`` (see :mod:`featgs.query.relevancy`)."""
         negs = negatives_or_default(negatives)
         cos = self.space.cosine(self.embed([text, *negs]))
         return pairwise_relevancy(cos[:, 0], cos[:, 1:], temperature)
 
+    @_one_at_a_time
     def query(self, text: str, negatives: Optional[Sequence[str]] = None, *,
               config: QueryConfig = QueryConfig(), cleaning: CleanConfig = CleanConfig()) -> Selection:
         """The Gaussians that ``text`` names.
@@ -280,12 +281,14 @@ class FeatureField:
         self._selections[key] = (keep, float(threshold), rule)
         return Selection.from_mask(self.gaussians.means, keep, threshold=float(threshold), rule=rule, text=text)
 
+    @_one_at_a_time
     def clean(self, selection: Selection, config: CleanConfig = CleanConfig()) -> Selection:
         """``selection`` without floaters and with the Gaussians it hides (for edits)."""
         keep = clean_selection(self.gaussians, self._mask_of(selection), self._carving_cameras(), config)
         return Selection.from_mask(self.gaussians.means, keep, threshold=selection.threshold,
                                    rule=selection.rule, text=selection.text)
 
+    @_one_at_a_time
     def describe(self, selection: Selection, *, with_ids: bool = False) -> dict:
         """JSON-ready summary of ``selection`` (see :meth:`Selection.to_dict`): its box and
         centroid in the field's frame and, when the run was normalised, under ``dataset_frame``
@@ -322,15 +325,18 @@ class FeatureField:
         return selection.mask()
 
     # -- views --------------------------------------------------------------------------------
+    @_one_at_a_time
     def relevancy_map(self, camera: Camera, text: str, negatives: Optional[Sequence[str]] = None) -> Tensor:
         """[H, W] relevancy at each pixel: the per-Gaussian relevancy rendered as a 1-dim feature."""
         out = render_values(self.gaussians, camera, self.relevancy(text, negatives))
         return (out.features[..., 0] / out.alpha[..., 0].clamp_min(1e-10)).cpu()
 
+    @_one_at_a_time
     def mask(self, camera: Camera, selection: Selection, *, min_share: float = 0.5) -> Tensor:
         """[H, W] bool: pixels where the selection holds at least ``min_share`` of the blend weight."""
         return (selection_share(self.gaussians, camera, self._mask_of(selection)) >= min_share).cpu()
 
+    @_one_at_a_time
     def segment(self, camera: Camera, labels: Optional[Sequence[str]] = None) -> Tensor:
         """[H, W] int64 index into ``labels`` (default: the run's label names) of each pixel's
         most similar label text: the argmax of cosine between the rendered feature and the texts."""
@@ -353,7 +359,8 @@ class FeatureField:
         return labels
 
     @torch.no_grad()
-    def render(self, camera: Camera, mode: str = "rgb", *, text: Optional[str] = None,
+    @_one_at_a_time
+    def render(self, camera: Camera, mode: RenderMode = "rgb", *, text: Optional[str] = None,
                labels: Optional[Sequence[str]] = None, selection: Optional[Selection] = None,
                negatives: Optional[Sequence[str]] = None) -> Tensor:
         """[H, W, 3] float picture in 0..1 of one view.
@@ -362,38 +369,31 @@ class FeatureField:
         features to RGB, shared by all views); ``relevancy`` (heat map of ``text``: 0.5, no
         better than the negatives, is blue; 1 is red); ``segmentation`` (``labels`` or the run's
         label names, coloured by :func:`featgs.pictures.palette`); ``selection`` (the colour
-        image, dimmed outside ``selection``'s mask).
+        image, dimmed outside ``selection``'s mask). The pictures are :mod:`featgs.query.modes`'.
         """
-        if mode not in RENDER_MODES:
-            raise FeatgsError(f"render mode must be one of {', '.join(RENDER_MODES)}, got {mode!r}")
+        mode = check_mode(mode)
         g = self.gaussians
+        out, needs = None, {}
         if mode == "relevancy":
             if text is None:
                 raise FeatgsError("relevancy rendering needs a text")
             lo = 0.5 if negatives_or_default(negatives) else 0.0
-            return heat(self.relevancy_map(camera, text, negatives), lo, 1.0)
-        if mode == "segmentation":
+            needs = dict(relevancy=self.relevancy_map(camera, text, negatives), relevancy_range=(lo, 1.0))
+        elif mode == "segmentation":
             labels = self._labels_or_default(labels)
-            return torch.from_numpy(colorize_labels(self.segment(camera, labels), palette(len(labels)))).float() / 255
-        if mode == "selection":
-            if selection is None:
-                raise FeatgsError("selection rendering needs a selection")
-            rgb = render_view(g, camera, features=False).rgb.clamp(0, 1).cpu()
-            inside = self.mask(camera, selection)[..., None]
-            return torch.where(inside, rgb, 0.25 * rgb + 0.15)
-        if mode == "features":
-            out = render_view(g.with_features(g.features, None), camera, features=True, sh_degree=0)
-            pca = self._pca
-            # PCA of the decoded feature, computed on the d-dim render: (W f + b - mean) @ basis.
+            needs = dict(labels=self.segment(camera, labels), num_labels=len(labels))
+        elif mode == "features":
             full = self._full_space
-            proj = out.features.float() @ (full.weight.T @ pca.basis.to(out.features.device))
-            proj = proj + ((full.bias - pca.mean.to(proj.device)) @ pca.basis.to(proj.device))
-            lo, span = pca.lo.to(proj.device), (pca.hi - pca.lo).clamp_min(1e-8).to(proj.device)
-            return ((proj - lo) / span).clamp(0, 1).cpu()
-        out = render_view(g, camera, features=False)
-        if mode == "depth":
-            return depth_to_rgb(out.depth[..., 0].cpu(), out.alpha[..., 0].cpu())
-        return out.rgb.clamp(0, 1).cpu()
+            out = render_view(g.with_features(g.features, None), camera, features=True, sh_degree=0)
+            # PCA of the decoded feature, computed on the d-dim render: (W f + b - mean) @ basis.
+            needs = dict(pca=self._pca, pca_coords=self._pca.project(out.features, full.weight, full.bias))
+        else:
+            if mode == "selection" and selection is None:
+                raise FeatgsError("selection rendering needs a selection")
+            out = render_view(g, camera, features=False)
+            if mode == "selection":
+                needs = dict(inside=self.mask(camera, selection))
+        return mode_image(mode, out, **needs)
 
     @functools.cached_property
     def _full_space(self) -> FeatureSpace:
@@ -401,14 +401,12 @@ class FeatureField:
 
     @functools.cached_property
     def _pca(self) -> FeaturePCA:
-        # the sample the viewer's feature colours use too (featgs.viewer.frames), so they match
-        gen = torch.Generator().manual_seed(0)
-        full = self._full_space
-        pick = torch.randperm(self.num_gaussians, generator=gen)[:20000].to(full.features.device)
-        return FeaturePCA(full.decode(full.features[pick]).cpu())
+        # the fit the viewer's feature colours use too (featgs.viewer.frames), so they match
+        return FeaturePCA.fit_gaussians(self.gaussians)
 
     # -- 2D <-> 3D ----------------------------------------------------------------------------
     @torch.no_grad()
+    @_one_at_a_time
     def lift(self, camera: Camera, mask: Tensor, *, min_share: float = 0.5) -> Selection:
         """The Gaussians with at least ``min_share`` of their blend weight at ``camera`` inside
         ``mask`` [H, W] bool (from the render's top-16 weights per pixel)."""
@@ -421,6 +419,7 @@ class FeatureField:
         return Selection.from_mask(self.gaussians.means, keep, threshold=min_share, rule="mask")
 
     @torch.no_grad()
+    @_one_at_a_time
     def prompt(self, camera: Camera, points: Optional[Sequence] = None, point_labels: Optional[Sequence] = None,
                box: Optional[Sequence] = None, *, config: PromptConfig = PromptConfig(),
                cleaning: CleanConfig = CleanConfig()) -> Tuple[Tensor, Selection]:
@@ -498,11 +497,13 @@ class FeatureField:
         return keep
 
     # -- edits --------------------------------------------------------------------------------
+    @_one_at_a_time
     def edit(self, selection: Selection, op: EditOp) -> "FeatureField":
         """A new field with ``op`` (:class:`~featgs.query.edit.Delete`, ``Extract``,
         ``Recolor(rgb)``, ``Translate(offset)``) applied to ``selection``."""
         return replace(self, gaussians=apply_edit(self.gaussians, self._mask_of(selection), op))
 
+    @_one_at_a_time
     def save(self, path: str | Path) -> Path:
         """Write the Gaussians as a standard 3DGS PLY with ``feat_*`` properties (and the decoder
         beside it as ``NAME.decoder.safetensors``); returns the path."""
@@ -511,17 +512,3 @@ class FeatureField:
             raise FeatgsError(f"{path}: expected a .ply file name")
         save_ply(path, self.gaussians)
         return path
-
-
-def _normalization(info: dict) -> Optional[Tensor]:
-    """The run's [4, 4] dataset-to-run similarity, or None when it is the identity or unknown."""
-    T = info.get("normalization")
-    if T is None:
-        return None
-    try:
-        T = torch.tensor(T, dtype=torch.float64)
-    except (TypeError, ValueError):
-        T = torch.full((0,), float("nan"), dtype=torch.float64)
-    if T.shape != (4, 4) or not torch.isfinite(T).all():
-        raise FeatgsError("run.json: 'normalization' must be a finite 4x4 matrix of numbers")
-    return None if torch.equal(T, torch.eye(4, dtype=torch.float64)) else T

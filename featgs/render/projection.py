@@ -5,27 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from featgs.camera import Camera
+from featgs.rotations import quat_to_rotmat
 
 ALPHA_THRESHOLD = 1.0 / 255.0
 BLUR_EPS = 0.3  # low-pass dilation of the 2D covariance, pixels^2
 MAX_EXTENT = 3.33  # sigmas
-
-
-def quat_to_rotmat(quats: Tensor) -> Tensor:
-    """[N, 4] wxyz (any norm) -> [N, 3, 3] rotation matrices."""
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(-1, 3, 3)
 
 
 @dataclass

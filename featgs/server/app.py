@@ -3,7 +3,7 @@
 Every request body is validated against its schema (:mod:`featgs.server.schema`) before the
 field is touched; bad input gets a 4xx answer with ``{"error": message}``, and an unexpected
 failure a 500 with the same shape, while the server keeps serving. The field (and the
-renderer under it) is used by one request at a time, under the server's lock. No request
+renderer under it) runs one operation at a time under its own lock. No request
 names a path: edits are saved as ``RUN/edits/NAME.ply`` with a validated NAME, or returned.
 """
 
@@ -30,11 +30,12 @@ from featgs import __version__
 from featgs.camera import Camera
 from featgs.errors import FeatgsError
 from featgs.pictures import to_uint8
-from featgs.query import Delete, Extract, FeatureField, PromptConfig, QueryConfig, Recolor, Selection, Translate
+from featgs.query import FeatureField, PromptConfig, QueryConfig, Selection
+from featgs.query.edit import make_edit
+from featgs.run import EDITS_FOLDER
 from featgs.server.schema import MAX_SIDE, REQUESTS, SchemaError, openapi, validate
 
 MAX_BODY = 8 << 20  # bytes of one request body (a million ids fit)
-EDITS_FOLDER = "edits"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 Response = Tuple[int, str, bytes]
@@ -53,7 +54,7 @@ class FieldServer(ThreadingHTTPServer):
 
     Attributes:
         field: what is served; never modified (edits make new fields).
-        lock: held while a request uses the field.
+        lock: held while an edit is saved into RUN/edits/.
         quiet: no request log on stderr.
     """
 
@@ -199,19 +200,7 @@ def _camera(field: FeatureField, spec: Dict[str, Any]) -> Camera:
     if "view" in spec:
         return field.camera(spec["view"], spec.get("split", "test"))
     cam = Camera.from_dict({k: v for k, v in spec.items() if k != "frame"}, source="camera")
-    c2w = cam.camtoworld
-    R = c2w[:3, :3]
-    if not (torch.allclose(R.T @ R, torch.eye(3, dtype=R.dtype), atol=1e-3) and float(torch.det(R)) > 0
-            and torch.allclose(c2w[3], torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=c2w.dtype))):
-        raise FeatgsError("camera.camtoworld must be a rigid transform: a rotation (orthonormal, det +1) "
-                          "and a translation, last row [0, 0, 0, 1]")
-    K = cam.K
-    if float(K[0, 1]) != 0 or float(K[1, 0]) != 0 or K[2].tolist() != [0.0, 0.0, 1.0]:
-        raise FeatgsError("camera.K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]")
-    if not (cam.fx <= 100 * MAX_SIDE and cam.fy <= 100 * MAX_SIDE and abs(cam.cx) <= 10 * cam.width
-            and abs(cam.cy) <= 10 * cam.height):
-        raise FeatgsError(f"camera.K: focal lengths must be at most {100 * MAX_SIDE} pixels and the principal point "
-                          "within ten image sizes of the image")
+    cam.check_plausible(max_focal=100 * MAX_SIDE, source="camera")
     return field.from_dataset_frame(cam) if spec.get("frame") == "dataset" else cam
 
 
@@ -221,17 +210,15 @@ def _query_config(body: Dict[str, Any]) -> QueryConfig:
 
 def _query(server: FieldServer, body: Dict[str, Any]) -> Response:
     config = _query_config(body)
-    with server.lock:
-        sel = server.field.query(body["text"], body.get("negatives"), config=config)
+    sel = server.field.query(body["text"], body.get("negatives"), config=config)
     return _json(server.field.describe(sel, with_ids=body.get("with_ids", False)))
 
 
 def _segment(server: FieldServer, body: Dict[str, Any]) -> Response:
-    with server.lock:
-        f = server.field
-        cam = _camera(f, body["camera"])
-        labels = list(body.get("labels") or f.label_names)
-        seg = f.segment(cam, labels)
+    f = server.field
+    cam = _camera(f, body["camera"])
+    labels = list(body.get("labels") or f.label_names)
+    seg = f.segment(cam, labels)
     counts = torch.bincount(seg.reshape(-1), minlength=len(labels)).tolist()
     return _json({"labels": labels, "width": cam.width, "height": cam.height, "counts": counts,
                   "label_map_png": base64.b64encode(_png(seg.to(torch.uint8).numpy())).decode()})
@@ -245,9 +232,8 @@ def _prompt_args(body: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _prompt(server: FieldServer, body: Dict[str, Any]) -> Response:
-    with server.lock:
-        f = server.field
-        mask, sel = f.prompt(_camera(f, body["camera"]), **_prompt_args(body))
+    f = server.field
+    mask, sel = f.prompt(_camera(f, body["camera"]), **_prompt_args(body))
     png = _png(mask.numpy().astype(np.uint8) * 255)
     return _json({"mask_png": base64.b64encode(png).decode(), "mask_area": int(mask.sum()),
                   "selection": server.field.describe(sel, with_ids=body.get("with_ids", False))})
@@ -263,21 +249,16 @@ def _selection(field: FeatureField, spec: Dict[str, Any]) -> Selection:
 
 
 def _edit(server: FieldServer, body: Dict[str, Any]) -> Response:
-    op_name = body["op"]
-    needs = {"recolor": "rgb", "translate": "offset"}.get(op_name)
-    if needs and needs not in body:
-        raise HTTPError(400, f"body: op {op_name!r} needs {needs!r}")
-    stray = [k for k in ("rgb", "offset") if k in body and k != needs]
-    if stray:
-        raise HTTPError(400, f"body: {stray[0]!r} does not apply to op {op_name!r}")
-    op = {"delete": Delete, "extract": Extract}.get(op_name)
-    op = op() if op else (Recolor(tuple(body["rgb"])) if op_name == "recolor" else Translate(tuple(body["offset"])))
+    try:
+        op = make_edit(body["op"], rgb=body.get("rgb"), offset=body.get("offset"))
+    except FeatgsError as e:
+        raise HTTPError(400, f"body: {e}") from None
     target = _edit_path(server.field, body.get("name"), body.get("overwrite", False))
-    with server.lock:
-        f = server.field
-        sel = _selection(f, body["selection"])
-        edited = f.edit(sel, op)
-        if target is not None:
+    f = server.field
+    sel = _selection(f, body["selection"])
+    edited = f.edit(sel, op)
+    if target is not None:
+        with server.lock:  # one save into RUN/edits/ at a time
             edited.save(target)
     if target is not None:
         return _json({"saved": f"{EDITS_FOLDER}/{target.name}", "num_gaussians": edited.num_gaussians,
@@ -309,12 +290,11 @@ def _render(server: FieldServer, body: Dict[str, Any]) -> Response:
     mode = body.get("mode", "rgb")
     if mode in ("relevancy", "selection") and "text" not in body:
         raise HTTPError(400, f"body: mode {mode!r} needs 'text'")
-    with server.lock:
-        f = server.field
-        cam = _camera(f, body["camera"])
-        sel = f.query(body["text"], body.get("negatives")) if mode == "selection" else None
-        image = f.render(cam, mode, text=body.get("text"), labels=body.get("labels"), selection=sel,
-                         negatives=body.get("negatives"))
+    f = server.field
+    cam = _camera(f, body["camera"])
+    sel = f.query(body["text"], body.get("negatives")) if mode == "selection" else None
+    image = f.render(cam, mode, text=body.get("text"), labels=body.get("labels"), selection=sel,
+                     negatives=body.get("negatives"))
     return 200, "image/png", _png(to_uint8(image))
 
 

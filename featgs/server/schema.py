@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List
 
-from featgs.query.field import RENDER_MODES
+from featgs.query.modes import RENDER_MODES
 from featgs.query.relevancy import RULES
 
 MAX_SIDE = 2048  # pixels, either side of a requested camera

@@ -13,43 +13,11 @@ The SAM and CLIP modules load torch models and are imported on first use.
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-from featgs.errors import FeatgsError
 from featgs.teachers.base import Teacher
 from featgs.teachers.cache import CacheItem, FeatureCache
 from featgs.teachers.labels import LabelsTeacher
-from featgs.teachers.options import TeacherOptions, make_teacher_from_options, teacher_names
+from featgs.teachers.options import NAMES, TeacherOptions, teacher_names
+from featgs.teachers.registry import make_teacher
 
-
-def _sam(**options: Any) -> Teacher:
-    from featgs.teachers.sam import SamTeacher
-
-    return SamTeacher(**options)
-
-
-def _clip(**options: Any) -> Teacher:
-    from featgs.teachers.clip import ClipTeacher
-
-    return ClipTeacher(**options)
-
-
-TEACHERS: dict[str, Callable[..., Teacher]] = {
-    "labels": LabelsTeacher,
-    "sam": _sam,
-    "clip": _clip,
-}
-
-
-def make_teacher(name: str, **options: Any) -> Teacher:
-    """The teacher registered as ``name``, built with ``options`` (its constructor's arguments).
-
-    Construction is cheap: model weights load on first use.
-    """
-    if name not in TEACHERS:
-        raise FeatgsError(f"--teacher: unknown teacher {name!r}; expected one of {', '.join(TEACHERS)}")
-    return TEACHERS[name](**options)
-
-
-__all__ = ["TEACHERS", "CacheItem", "FeatureCache", "LabelsTeacher", "Teacher", "TeacherOptions", "make_teacher",
-           "make_teacher_from_options", "teacher_names"]
+__all__ = ["NAMES", "CacheItem", "FeatureCache", "LabelsTeacher", "Teacher", "TeacherOptions", "make_teacher",
+           "teacher_names"]

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from featgs.device import resolve_device as _resolve_device
 from featgs.errors import FeatgsError
 
 
@@ -73,7 +74,5 @@ class Teacher(abc.ABC):
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """Where a teacher's model runs: "auto" is the GPU if there is one, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """Where a teacher's model runs (``--teacher-device``): see :func:`featgs.device.resolve_device`."""
+    return _resolve_device(device, option="--teacher-device")

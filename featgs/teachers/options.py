@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from featgs.errors import FeatgsError
-from featgs.teachers.base import Teacher
 
 NAMES = ("labels", "sam", "clip")
 
@@ -67,21 +66,3 @@ def teacher_names(spec: str) -> list[str]:
         raise FeatgsError(f"--teacher: expected 'none' or distinct names from {', '.join(NAMES)} joined by "
                           f"commas (e.g. sam,clip), got {spec!r}")
     return names
-
-
-def make_teacher_from_options(name: str, options: TeacherOptions,
-                              label_names: Optional[Mapping[int, str]] = None) -> Teacher:
-    """The teacher ``name`` built from the user's options (cheap: weights load on first use)."""
-    from featgs.teachers import make_teacher
-
-    o = options
-    arguments = {
-        "labels": dict(label_names=label_names),
-        "sam": dict(checkpoint=o.sam_checkpoint, model=o.sam_model, device=o.teacher_device),
-        "clip": dict(model=o.clip_model, checkpoint=o.clip_checkpoint, size=o.clip_size, tokenizer=o.clip_tokenizer,
-                     sharpen=o.clip_sharpen, sharpen_points=o.clip_sharpen_points, sam_checkpoint=o.sam_checkpoint,
-                     sam_model=o.sam_model, device=o.teacher_device),
-    }
-    if name not in arguments:
-        raise FeatgsError(f"--teacher: unknown teacher {name!r}; expected one of {', '.join(NAMES)}")
-    return make_teacher(name, **arguments[name])

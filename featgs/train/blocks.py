@@ -29,7 +29,7 @@ from torch import Tensor
 from featgs.camera import Camera
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians, LinearDecoder
-from featgs.teachers import CacheItem, FeatureCache, Teacher, TeacherOptions, make_teacher_from_options
+from featgs.teachers import CacheItem, FeatureCache, Teacher, TeacherOptions, make_teacher
 from featgs.train.solve import SolveConfig, SolveResult, solve_features
 
 Channels = Tuple[int, int]
@@ -53,7 +53,7 @@ def teacher_for_scene(name: str, scene, options: TeacherOptions = TeacherOptions
     if name == "labels" and not scene.label_names:
         raise FeatgsError(f"{scene.root}: --teacher labels needs per-pixel label maps and labels.json; "
                           f"this scene has none (use --teacher none, sam or clip)")
-    return make_teacher_from_options(name, options, scene.label_names)
+    return make_teacher(name, options, label_names=scene.label_names)
 
 
 def feature_cache(scene, teacher: Teacher, downscale: float) -> FeatureCache:
@@ -83,17 +83,6 @@ def blocks_info(blocks: Sequence[TeacherBlock]) -> List[dict]:
     """The run.json record of the teachers: name, model id, cache key, dim, cache folder, channels."""
     return [{"name": b.teacher.name, "model_id": b.teacher.model_id, "key": b.teacher.cache_key(), "dim": b.dim,
              "cache": str(b.cache.folder), "channels": list(b.channels)} for b in blocks]
-
-
-def teacher_channels(info: dict) -> dict[str, Channels]:
-    """Teacher name -> its channels ``[start, end)`` in a run's rendered (decoded) features.
-
-    Reads ``teachers`` from run.json, or a run of one teacher written before it existed.
-    """
-    if info.get("teachers"):
-        return {t["name"]: (int(t["channels"][0]), int(t["channels"][1])) for t in info["teachers"]}
-    one = info.get("teacher")
-    return {one["name"]: (0, int(one["dim"]))} if one else {}
 
 
 def stored_dims(blocks: Sequence[TeacherBlock], feature_dim: Optional[int]) -> List[int]:

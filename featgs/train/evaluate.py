@@ -18,17 +18,16 @@ from featgs.atomic import atomic_open, atomic_write_text
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians
 from featgs.pictures import FeaturePCA, colorize_labels, contact_sheet, palette, to_uint8
-from featgs.query import confusion_matrix, miou_and_accuracy, segment_features
 from featgs.render import render
+from featgs.run import Run
+from featgs.segmentation import confusion_matrix, miou_and_accuracy, segment_features
 from featgs.data.images import over
 from featgs.train.background import eval_background
 from featgs.train.config import TrainConfig
 from featgs.train.losses import psnr, ssim
 from featgs.teachers import TeacherOptions, teacher_names
 from featgs.train.blocks import TeacherBlock, make_blocks
-from featgs.train.run import load_run_gaussians, read_run
 
-METRICS_FILE = "metrics.json"
 METRIC_KEYS = ("psnr", "ssim", "feature_cosine", "miou", "accuracy", "fps")
 
 
@@ -96,10 +95,7 @@ def evaluate_gaussians(g: Gaussians, views, judge: Judge, *, pictures: Optional[
     without them, against the same argmax of the teacher's own maps, as Feature 3DGS does).
     """
     text, names = judge.text, judge.names
-    pca = None
-    if pictures is not None and g.feature_dim:
-        sample = g.features[torch.randperm(len(g), generator=torch.Generator().manual_seed(0))[:20000]]
-        pca = FeaturePCA(g.decoder(sample) if g.decoder is not None else sample)
+    pca = FeaturePCA.fit_gaussians(g) if pictures is not None and g.feature_dim else None
     colors = palette(max(len(names), 1))
     bg = torch.tensor(background, dtype=torch.float32)
     per_view, conf = [], None
@@ -170,13 +166,13 @@ def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True) ->
     to RUN/metrics.json, with a contact sheet per view under RUN/eval/."""
     from featgs.data import load_scene
 
-    root = Path(root)
-    info = read_run(root)
+    run = Run.open(root)
+    info = run.info
     config = TrainConfig.from_dict(info["config"])
-    g = load_run_gaussians(root)
-    data = Path(info["data"])
+    g = run.gaussians()
+    data = run.data
     if not data.exists():
-        raise FeatgsError(f"{root}: its data folder {data} is gone; expected the folder the run was trained on")
+        raise FeatgsError(f"{run.root}: its data folder {data} is gone; expected the folder the run was trained on")
     scene = load_scene(data, downscale=config.downscale)
     views = scene.test or scene.train
     teacher_info = info.get("teacher")
@@ -184,12 +180,12 @@ def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True) ->
                        config.teacher_options)
     total = sum(b.dim for b in judge.blocks)
     if judge.blocks and (total != teacher_info["dim"] or g.output_feature_dim != total):
-        raise FeatgsError(f"{root}: run renders {g.output_feature_dim}-dim features, teacher "
+        raise FeatgsError(f"{run.root}: run renders {g.output_feature_dim}-dim features, teacher "
                           f"{teacher_info['name']!r} gives {total}")
     background = eval_background(config.background, scene.has_alpha())
-    metrics = evaluate_gaussians(g, views, judge, pictures=(root / "eval") if pictures else None,
-                                 title=root.name, progress=progress, background=background)
+    metrics = evaluate_gaussians(g, views, judge, pictures=(run.root / "eval") if pictures else None,
+                                 title=run.root.name, progress=progress, background=background)
     metrics.update(split="test" if scene.test else "train",
                    fps_note="rgb + features, renderer 'torch', this machine")
-    atomic_write_text(root / METRICS_FILE, json.dumps(metrics, indent=2))
+    atomic_write_text(run.paths.metrics, json.dumps(metrics, indent=2))
     return metrics

@@ -14,7 +14,7 @@ from gsplat.strategy import MCMCStrategy
 from gsplat.strategy.ops import _multinomial_sample, _update_param_with_optimizer
 from torch import Tensor
 
-from featgs.render.projection import quat_to_rotmat
+from featgs.rotations import quat_to_rotmat
 
 
 def relocation(opacities: Tensor, scales: Tensor, ratios: Tensor, binoms: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,15 +1,13 @@
 """A training run end to end: data -> teacher cache -> geometry -> features -> run folder.
 
-The run folder is self-contained: ``run.json`` (config, the data folder it came from, the
-teacher and label names), ``point_cloud.ply`` (+ ``point_cloud.decoder.safetensors``),
-``checkpoint.pt``, ``log.jsonl``; ``featgs eval`` adds ``metrics.json`` and ``eval/``.
+The run folder (its layout: :mod:`featgs.run`) is self-contained: it opens, is queried and
+viewed without the dataset.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
@@ -19,66 +17,23 @@ from tqdm.auto import tqdm
 from featgs import __version__
 from featgs.atomic import atomic_open, atomic_write_text
 from featgs.camera import Camera
+from featgs.device import resolve_device
 from featgs.errors import FeatgsError
-from featgs.gaussians import Gaussians, save_ply
+from featgs.gaussians import save_ply
+from featgs.run import RunPaths, read_run, teacher_channels, write_cameras
 from featgs.train.background import eval_background, resolve_background
 from featgs.train.checkpoint import load_checkpoint, save_checkpoint
 from featgs.train.config import TrainConfig
 from featgs.train.init import gaussians_from_points, scene_extent
 from featgs.teachers import TeacherOptions, teacher_names
 from featgs.train.blocks import (blocks_info, build_caches, feature_cache, joint_targets, make_blocks, solve_blocks,
-                                 stored_dims, teacher_channels, teacher_for_scene)
+                                 stored_dims)
 from featgs.train.trainer import Interrupted, TrainState, init_strategy_state, make_strategy, new_state, train_loop
 
-RUN_FILE = "run.json"
-PLY_FILE = "point_cloud.ply"
-CHECKPOINT_FILE = "checkpoint.pt"
-LOG_FILE = "log.jsonl"
 # Random points fill a volume, not a surface: splats as wide as their spacing make a fog that
 # hides the scene from the gradients until it is peeled away layer by layer; half as wide
 # gives a quarter of its optical depth.
 RANDOM_INIT_SCALE = 0.5
-
-
-@dataclass
-class RunPaths:
-    root: Path
-
-    @property
-    def run_json(self) -> Path:
-        return self.root / RUN_FILE
-
-    @property
-    def ply(self) -> Path:
-        return self.root / PLY_FILE
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / CHECKPOINT_FILE
-
-    @property
-    def log(self) -> Path:
-        return self.root / LOG_FILE
-
-
-def read_run(root: Path) -> dict:
-    """The run.json of a run folder, or a one-line error saying the folder is not a run."""
-    path = Path(root) / RUN_FILE
-    if not Path(root).is_dir():
-        raise FeatgsError(f"{root}: not a folder; expected a run folder made by `featgs train`")
-    try:
-        info = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FeatgsError(f"{root}: not a featgs run folder (no {RUN_FILE}); expected the --out folder of `featgs train`") from None
-    except (OSError, ValueError) as e:
-        raise FeatgsError(f"{path}: unreadable run file ({e.__class__.__name__}); expected JSON written by `featgs train`") from None
-    if not isinstance(info, dict) or info.get("featgs_run") != 1:
-        raise FeatgsError(f"{path}: not a featgs run file")
-    return info
-
-
-def _teacher_for(name: str, scene, options: TeacherOptions = TeacherOptions()):
-    return teacher_for_scene(name, scene, options)
 
 
 def build_cache(scene, teacher, downscale: float, progress: bool):
@@ -217,20 +172,12 @@ def train_run(
         result = solve_blocks(g, cams, names, blocks, config.solve, config.feature_dim, progress)
         g = g.with_features(result.features, result.decoder)
         distill = result.stats
+    write_cameras(paths.cameras, {"train": cams, "test": [v.camera for v in scene.test]})
     save_ply(paths.ply, g.to("cpu"))
     info.update(status="done", num_gaussians=len(g), steps=state.step, feature_dim=g.feature_dim,
                 output_feature_dim=g.output_feature_dim, distill=distill)
     atomic_write_text(paths.run_json, json.dumps(info, indent=2))
     return info
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FeatgsError("--device cuda: no CUDA GPU here; use --device cpu")
-    return torch.device(name)
 
 
 def _teacher_summary(blocks) -> Optional[dict]:
@@ -254,14 +201,4 @@ def _truncate_log(path: Path, step: int) -> None:
         f.write("".join(line + "\n" for line in keep))
 
 
-def load_run_gaussians(root: Path) -> Gaussians:
-    from featgs.gaussians import load_ply
-
-    read_run(root)
-    path = Path(root) / PLY_FILE
-    if not path.exists():
-        raise FeatgsError(f"{root}: run has no {PLY_FILE} yet (training unfinished? continue with `featgs train ... --resume`)")
-    return load_ply(path)
-
-
-__all__ = ["Interrupted", "RunPaths", "TrainState", "load_run_gaussians", "read_run", "train_run"]
+__all__ = ["Interrupted", "TrainState", "train_run"]

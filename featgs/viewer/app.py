@@ -2,59 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from featgs.camera import Camera
-from featgs.errors import FeatgsError
+from featgs.query import FeatureField
 from featgs.viewer import frames
 from featgs.viewer.cameras import look_at_point, pose_of, up_direction
+from featgs.viewer.config import ViewerConfig
 from featgs.viewer.field import FieldAdapter
-from featgs.viewer.session import ClientSession
+from featgs.viewer.session import ClientSession, SessionContext
 from featgs.viewer.state import SharedScene
 from featgs.viewer.worker import FairSlots
 
+if TYPE_CHECKING:  # pragma: no cover  (viser is imported only when a server starts)
+    import viser
 
-@dataclass(frozen=True)
-class ViewerConfig:
-    """How the viewer serves and renders.
-
-    Attributes:
-        host, port: where to listen (port 0: any free port; a taken port moves to the next).
-        still_size: long side in pixels of the view drawn once the camera rests.
-        moving_size: long side while the camera moves.
-        still_delay: seconds without camera motion before the still view is drawn.
-        max_renders: renders running at once over all browsers (the rest wait their turn).
-        threshold: initial query threshold (the slider).
-        frustums: show the training cameras (click one to jump to it).
-        jpeg_quality: of the moving frames (still frames go as PNG).
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    still_size: int = 256
-    moving_size: int = 128
-    still_delay: float = 0.3
-    max_renders: int = 2
-    threshold: float = 0.5
-    frustums: bool = True
-    jpeg_quality: int = 85
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise FeatgsError(f"--port must be in 0..65535, got {self.port}")
-        for name in ("still_size", "moving_size"):
-            if not 16 <= getattr(self, name) <= 4096:
-                raise FeatgsError(f"--{name.replace('_', '-')} must be in 16..4096 pixels, got {getattr(self, name)}")
-        if self.max_renders < 1:
-            raise FeatgsError(f"max_renders must be >= 1, got {self.max_renders}")
-        if not 0.0 < self.threshold < 1.0:
-            raise FeatgsError(f"--threshold must be in (0, 1), got {self.threshold}")
+__all__ = ["ViewerApp", "ViewerConfig"]  # ViewerConfig: also here, where it used to live
 
 
 def _focus(cameras: List[Camera]) -> np.ndarray:
@@ -87,38 +56,32 @@ class ViewerApp:
         self.config = config
         self.adapter = adapter or FieldAdapter()
         field = self.adapter.load(self.run_dir)
-        self.scene = SharedScene(field, self.run_dir, save=self.adapter.save, max_undo=10)
+        self.scene: SharedScene[FeatureField] = SharedScene(field, self.run_dir, save=self.adapter.save, max_undo=10)
         self.cameras = self.adapter.training_cameras(field)
         g = self.adapter.gaussians(field)
         self.can_query = self.adapter.can_query(field)
         self.can_prompt = self.adapter.can_prompt(field)
         self.can_segment = self.adapter.can_segment(field)
         self.can_edit = self.adapter.can_edit(field)
-        self.modes = [m for m in frames.MODES
-                      if m in ("RGB", "Depth")
-                      or (m == "Features (PCA)" and g.feature_dim > 0)
-                      or (m == "Relevancy" and self.can_query)
-                      or (m == "Segmentation" and self.can_segment)]
+        offered = {"rgb": True, "depth": True, "features": g.feature_dim > 0, "relevancy": self.can_query,
+                   "segmentation": self.can_segment}
+        self.modes = [label for mode, label in frames.LABELS.items() if offered[mode]]
         self.render_slots = FairSlots(config.max_renders)
+        self.colours: frames.FeatureColourTable[FeatureField] = frames.FeatureColourTable(self.adapter.gaussians)
+        self.context = SessionContext(config=config, scene=self.scene, adapter=self.adapter,
+                                      render_slots=self.render_slots, feature_colours=self.colours,
+                                      modes=tuple(self.modes), can_query=self.can_query, can_prompt=self.can_prompt,
+                                      can_segment=self.can_segment, can_edit=self.can_edit)
         self._sessions: Dict[int, ClientSession] = {}
         self._sessions_lock = threading.Lock()
-        self._colours_lock = threading.Lock()
-        self._colours: tuple = (None, None)  # (field, FeatureColours)
         self._stopped = threading.Event()
-        self.server = None
+        self.server: Optional["viser.ViserServer"] = None
 
     # -- shared helpers -----------------------------------------------------------------------
-    def feature_colours(self, field, version: int):
-        """The feature PCA colours of ``field``: fitted once per scene, refitted after edits."""
-        g = self.adapter.gaussians(field)
-        if g.feature_dim == 0 or len(g) == 0:
-            return None
-        with self._colours_lock:
-            if self._colours[0] is field:
-                return self._colours[1]
-            colours = frames.FeatureColours(g)
-            self._colours = (field, colours)
-            return colours
+    def feature_colours(self, field: FeatureField, version: int) -> Optional[frames.FeatureColours]:
+        """The feature PCA colours of ``field``: fitted once per scene, refitted after edits
+        (``version`` is not needed: the field itself tells edits apart)."""
+        return self.colours(field)
 
     def sessions(self) -> List[ClientSession]:
         with self._sessions_lock:
@@ -149,7 +112,7 @@ class ViewerApp:
         self.scene.on_change(self._scene_changed)
         return self
 
-    def _add_frustums(self, server, distance: float) -> None:
+    def _add_frustums(self, server: "viser.ViserServer", distance: float) -> None:
         scale = 0.06 * max(distance, 1e-3)
         for i, cam in enumerate(self.cameras):
             pose = pose_of(cam)
@@ -157,14 +120,28 @@ class ViewerApp:
                 f"/training_cameras/{i:04d}", fov=pose.fov_y, aspect=pose.aspect, scale=scale,
                 thickness=1.5, thickness_units="screen", color=(60, 60, 60), wxyz=pose.wxyz, position=pose.position,
             )
-            handle.on_click(lambda event, cam=cam: self._jump(event.client_id, cam))
 
-    def _jump(self, client_id: int, camera: Camera) -> None:
+            async def clicked(event: "viser.SceneNodePointerEvent", cam: Camera = cam) -> None:
+                # async, so viser runs it on its event loop before the scene click of the same
+                # gesture (see ClientSession.frustum_clicked); the jump itself runs off the loop
+                self._frustum_clicked(event.client_id, event.screen_pos, cam)
+
+            handle.on_click(clicked)
+
+    def _frustum_clicked(self, client_id: int, screen_pos: Tuple[float, float], camera: Camera) -> None:
         with self._sessions_lock:
             session = self._sessions.get(client_id)
         if session is None:
             return
-        session.last_jump = time.monotonic()
+        session.frustum_clicked(screen_pos)
+        asyncio.get_running_loop().run_in_executor(None, self._jump, client_id, camera)
+
+    def _jump(self, client_id: int, camera: Camera) -> None:
+        """Move browser ``client_id``'s camera to ``camera`` (what a click on its frustum does)."""
+        with self._sessions_lock:
+            session = self._sessions.get(client_id)
+        if session is None:
+            return
         pose = pose_of(camera)
         cam = session.client.camera
         with session.client.atomic():
@@ -172,15 +149,15 @@ class ViewerApp:
             cam.wxyz = pose.wxyz
             cam.fov = pose.fov_y
 
-    def _connected(self, client) -> None:
-        session = ClientSession(self, client)
+    def _connected(self, client: "viser.ClientHandle") -> None:
+        session = ClientSession(self.context, client)
         with self._sessions_lock:
             if self._stopped.is_set():
                 session.close()
                 return
             self._sessions[client.client_id] = session
 
-    def _disconnected(self, client) -> None:
+    def _disconnected(self, client: "viser.ClientHandle") -> None:
         with self._sessions_lock:
             session = self._sessions.pop(client.client_id, None)
         if session is not None:

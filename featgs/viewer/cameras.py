@@ -17,20 +17,17 @@ import numpy as np
 import torch
 
 from featgs.camera import Camera
+from featgs.rotations import quat_to_rotmat
 
 
 def quat_to_matrix(wxyz: Sequence[float]) -> np.ndarray:
-    """[3, 3] rotation of a (not necessarily unit) wxyz quaternion."""
-    w, x, y, z = (float(v) for v in wxyz)
-    n = math.sqrt(w * w + x * x + y * y + z * z)
+    """[3, 3] float64 rotation of a (not necessarily unit) wxyz quaternion (ValueError for a
+    zero or non-finite one)."""
+    q = torch.tensor([float(v) for v in wxyz], dtype=torch.float64)
+    n = float(q.norm())
     if n == 0.0 or not math.isfinite(n):
         raise ValueError(f"not a rotation quaternion: {tuple(wxyz)}")
-    w, x, y, z = w / n, x / n, y / n, z / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    return quat_to_rotmat(q).numpy()
 
 
 def matrix_to_quat(R: np.ndarray) -> np.ndarray:

@@ -1,15 +1,13 @@
 """The viewer's calls into :class:`featgs.query.FeatureField`, in one place.
 
 Queries, prompts, segmentation, edits and saving are the field's job; the viewer only calls
-them and draws the results. A FeatureField is not thread-safe (its text cache and the text
-encoder's tokenizer are shared state), so every call here holds one lock: browsers that query
-or prompt at the same moment take turns. Plain colour renders do not go through the field and
-run in parallel.
+them and draws the results. A FeatureField runs its operations one at a time under its own
+lock, so browsers that query or prompt at the same moment take turns. Plain colour renders
+do not go through the field and run in parallel.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -19,16 +17,17 @@ from torch import Tensor
 from featgs.camera import Camera
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians
-from featgs.query import Delete, Extract, FeatureField, QueryConfig, Recolor, Selection
+from featgs.query import FeatureField, QueryConfig, Selection
+from featgs.query.edit import make_edit
 
-EDITS = ("delete", "extract", "recolour")
+EDITS = ("delete", "extract", "recolour")  # the GUI's buttons ("recolour" is the field's "recolor")
+
+# A text query's answer: (selection, per-Gaussian relevancy [N], (lo, hi) of the heat ramp).
+QueryAnswer = Tuple[Selection, Tensor, Tuple[float, float]]
 
 
 class FieldAdapter:
     """What the viewer asks of a field (one adapter per viewer)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
 
     # -- loading and facts --------------------------------------------------------------------
     def load(self, run_dir: Path) -> FeatureField:
@@ -57,14 +56,13 @@ class FieldAdapter:
         return True
 
     # -- calls ---------------------------------------------------------------------------------
-    def query(self, field: FeatureField, text: str, threshold: float) -> Tuple[Selection, Tensor, Tuple[float, float]]:
+    def query(self, field: FeatureField, text: str, threshold: float) -> QueryAnswer:
         """(selection, per-Gaussian relevancy [N], (lo, hi) of the heat ramp).
 
         The ramp is the field's own: 0.5 (no better than the negative phrases) to 1.
         """
-        with self._lock:
-            selection = field.query(text, config=QueryConfig(threshold=threshold))
-            relevancy = field.relevancy(text)
+        selection = field.query(text, config=QueryConfig(threshold=threshold))
+        relevancy = field.relevancy(text)
         return selection, relevancy, (0.5, 1.0)
 
     def prompt(self, field: FeatureField, camera: Camera, *, point: Optional[Sequence[float]] = None,
@@ -73,28 +71,20 @@ class FieldAdapter:
         points = None
         if point is not None:  # a click on the canvas's last pixel row/column is still inside the view
             points = [[min(float(point[0]), camera.width - 1e-3), min(float(point[1]), camera.height - 1e-3)]]
-        with self._lock:
-            mask, selection = field.prompt(camera, points=points, box=None if box is None else list(box))
+        mask, selection = field.prompt(camera, points=points, box=None if box is None else list(box))
         return np.asarray(mask.cpu().numpy(), dtype=bool), selection
 
     def segment(self, field: FeatureField, camera: Camera) -> Tensor:
         """[H, W] int64 index into :meth:`label_names`."""
-        with self._lock:
-            return field.segment(camera)
+        return field.segment(camera)
 
     def edit(self, field: FeatureField, selection: Selection, op: str,
              colour: Optional[Tuple[float, float, float]] = None) -> FeatureField:
-        if op == "delete":
-            edit = Delete()
-        elif op == "extract":
-            edit = Extract()
-        elif op == "recolour":
-            edit = Recolor(colour if colour is not None else (1.0, 0.5, 0.0))
-        else:
+        if op not in EDITS:
             raise FeatgsError(f"unknown edit {op!r}; expected one of {', '.join(EDITS)}")
-        with self._lock:
-            return field.edit(selection, edit)
+        rgb = (colour if colour is not None else (1.0, 0.5, 0.0)) if op == "recolour" else None
+        edit = make_edit("recolor" if op == "recolour" else op, rgb=rgb)
+        return field.edit(selection, edit)
 
     def save(self, field: FeatureField, path: Path) -> None:
-        with self._lock:
-            field.save(path)
+        field.save(path)

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import html
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from featgs.query.images import depth_to_rgb, heat
+from featgs.pictures import to_uint8
+from featgs.query.images import depth_to_rgb
 
 HIGHLIGHT = (255, 64, 200)  # selected Gaussians: a magenta no scene object has
 MASK = (0, 230, 255)  # a prompt's 2D mask: cyan
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """[H, W, 3] float 0..1 -> uint8."""
-    return (np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
 def depth_image(depth: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Expected depth [H, W] -> colours (the query package's turbo: near warm, far cool, empty black)."""
-    return to_uint8(depth_to_rgb(torch.as_tensor(depth).float(), torch.as_tensor(alpha).float()).numpy())
+    return to_uint8(depth_to_rgb(torch.as_tensor(depth).float(), torch.as_tensor(alpha).float()))
 
 
 def grey(rgb: np.ndarray, keep: float = 0.35) -> np.ndarray:
@@ -32,12 +29,12 @@ def grey(rgb: np.ndarray, keep: float = 0.35) -> np.ndarray:
     return (out + 0.5).astype(np.uint8)
 
 
-def heat_overlay(rgb: np.ndarray, score: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """``score`` [H, W] as the query package's heat colours on a greyed ``rgb``: transparent at
-    ``lo`` and below, opaque from halfway to ``hi`` up, so the scene stays readable around it."""
-    s = torch.as_tensor(np.asarray(score, dtype=np.float32).reshape(rgb.shape[:2]))
-    col = heat(s, lo, hi).numpy() * 255.0
-    a = np.clip(2.0 * (s.numpy() - lo) / max(hi - lo, 1e-8), 0.0, 1.0)[..., None]
+def heat_overlay(rgb: np.ndarray, heat: Union[Tensor, np.ndarray], score: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The ``heat`` colours [H, W, 3] (0..1) of ``score`` [H, W] on a greyed ``rgb``: transparent
+    at ``lo`` and below, opaque from halfway to ``hi`` up, so the scene stays readable around it."""
+    s = np.asarray(score, dtype=np.float32).reshape(rgb.shape[:2])
+    col = np.asarray(heat, dtype=np.float32) * 255.0
+    a = np.clip(2.0 * (s - lo) / max(hi - lo, 1e-8), 0.0, 1.0)[..., None]
     out = grey(rgb).astype(np.float32) * (1.0 - a) + col * a
     return (out + 0.5).astype(np.uint8)
 

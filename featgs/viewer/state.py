@@ -10,35 +10,38 @@ from __future__ import annotations
 import re
 import threading
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Callable, Generic, List, Optional, Tuple, TypeVar
 
 from featgs.errors import FeatgsError
+from featgs.run import RunPaths
 
-EDITS_FOLDER = "edits"
 _EDITED = re.compile(r"^edited-(\d+)\.ply$")
 
+FieldT = TypeVar("FieldT")  # the viewer's: a :class:`featgs.query.FeatureField`
 
-class SharedScene:
+
+class SharedScene(Generic[FieldT]):
     """A field, its version (bumped by each edit and undo) and the edits folder of the run.
 
     Args:
-        field: the loaded field (a :class:`featgs.viewer.field.ViewerField`).
+        field: the loaded field (in the viewer a :class:`featgs.query.FeatureField`; the scene
+            only keeps fields and hands them to ``edit`` and ``save``).
         run_dir: the run folder; saved edits go to ``run_dir/edits/edited-<n>.ply``.
         save: writes a field to a PLY path (with its decoder beside it).
         max_undo: how many earlier fields to keep for undo.
     """
 
-    def __init__(self, field: Any, run_dir: Path, *, save: Callable[[Any, Path], None], max_undo: int = 20) -> None:
+    def __init__(self, field: FieldT, run_dir: Path, *, save: Callable[[FieldT, Path], None], max_undo: int = 20) -> None:
         self._lock = threading.RLock()
         self._field = field
-        self._history: List[Any] = []
+        self._history: List[FieldT] = []
         self._version = 0
         self._max_undo = max_undo
         self.run_dir = Path(run_dir)
         self._save = save
         self._listeners: List[Callable[[int], None]] = []
 
-    def snapshot(self) -> Tuple[Any, int]:
+    def snapshot(self) -> Tuple[FieldT, int]:
         """The current field and its version (consistent with each other)."""
         with self._lock:
             return self._field, self._version
@@ -63,7 +66,7 @@ class SharedScene:
             if callback in self._listeners:
                 self._listeners.remove(callback)
 
-    def apply(self, edit: Callable[[Any], Any], *, expect_version: Optional[int] = None) -> int:
+    def apply(self, edit: Callable[[FieldT], FieldT], *, expect_version: Optional[int] = None) -> int:
         """Replace the field by ``edit(field)``; returns the new version.
 
         Args:
@@ -96,7 +99,7 @@ class SharedScene:
     def save(self) -> Path:
         """Write the current field to ``RUN/edits/edited-<n>.ply`` (n: one past the highest there)."""
         with self._lock:
-            folder = self.run_dir / EDITS_FOLDER
+            folder = RunPaths(self.run_dir).edits
             folder.mkdir(parents=True, exist_ok=True)
             taken = [int(m.group(1)) for p in folder.iterdir() if (m := _EDITED.match(p.name))]
             path = folder / f"edited-{max(taken, default=0) + 1}.ply"

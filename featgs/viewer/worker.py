@@ -12,7 +12,9 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import Any, Callable, Deque, Optional, Tuple
+from typing import Callable, ContextManager, Deque, Generic, Optional, Tuple, TypeVar
+
+RequestT = TypeVar("RequestT")  # what a worker renders: the session's ViewPose, or a query's key
 
 
 class FairSlots:
@@ -47,7 +49,7 @@ class FairSlots:
                 self._free += 1
 
 
-class RenderWorker:
+class RenderWorker(Generic[RequestT]):
     """A daemon thread that calls ``render(request, moving)`` for the newest request.
 
     Args:
@@ -61,11 +63,11 @@ class RenderWorker:
 
     def __init__(
         self,
-        render: Callable[[Any, bool], None],
+        render: Callable[[RequestT, bool], None],
         on_error: Callable[[BaseException], None],
         *,
         still_delay: float = 0.3,
-        slots: Optional[Any] = None,
+        slots: Optional[ContextManager] = None,
         name: str = "featgs-render",
     ) -> None:
         self._render = render
@@ -73,14 +75,14 @@ class RenderWorker:
         self._still_delay = still_delay
         self._slots = slots
         self._cond = threading.Condition()
-        self._pending: Optional[Tuple[Any, bool]] = None
+        self._pending: Optional[Tuple[RequestT, bool]] = None
         self._closed = False
         self._busy = False
         self.renders = 0  # renders finished (ok or not), for status lines and tests
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, request: Any, *, moving: bool = False) -> None:
+    def submit(self, request: RequestT, *, moving: bool = False) -> None:
         """Replace any waiting request by ``request`` (drawn low-res first if ``moving``)."""
         with self._cond:
             if self._closed:
@@ -103,7 +105,7 @@ class RenderWorker:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
-    def _take(self) -> Optional[Tuple[Any, bool]]:
+    def _take(self) -> Optional[Tuple[RequestT, bool]]:
         with self._cond:
             while self._pending is None and not self._closed:
                 self._cond.wait()
@@ -113,7 +115,7 @@ class RenderWorker:
             self._busy = True
             return job
 
-    def _settle(self, request: Any) -> None:
+    def _settle(self, request: RequestT) -> None:
         """After a moving render: if the camera stays put for ``still_delay``, queue it still."""
         deadline = time.monotonic() + self._still_delay
         with self._cond:

@@ -2,7 +2,8 @@
 
 Everything starts from a generated tabletop scene (nerfstudio transforms.json), converted
 into NeRF-synthetic (RGBA, camera_angle_x), COLMAP (.bin / .txt), and distorted variants.
-Also used by benchmarks to build the same fixtures at full size.
+Used by tests/test_data_formats.py and tests/test_data_errors.py; it can build the same
+datasets at full size for benchmarks.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Semantic segmentation of rendered features by text: argmax of cosine similarity."""
+"""Semantic segmentation of rendered features by text (argmax of cosine similarity), and its
+scores: confusion matrix, mIoU, pixel accuracy. A base module: queries segment with it,
+evaluation scores with it."""
 
 from __future__ import annotations
 

@@ -1,0 +1,54 @@
+"""Builders of the scenes and trained runs that several test files share (no tests here).
+
+tests/conftest.py turns them into session fixtures, so each is made once per test session:
+
+- ``tabletop_data``: the built-in tabletop scene at 32 px, 24 train + 3 test views, 400 points;
+- ``tabletop_run``: a run trained on it (TINY_RUN: 300 steps, 16-dim features with a PCA
+  decoder to the labels teacher's 384), for the query and HTTP tests;
+- ``viewer_run``: the same trained for 400 steps, for the browser tests, whose pixel
+  assertions were set on it (the query tests' were set on 300 steps, and two of them fail at
+  400: neither run can stand in for the other).
+
+The runs are shared read-only: a test that writes into a run folder (edits, a server saving
+under RUN/edits) works on its own copy (``copy_run``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from featgs.data.procedural import MakeConfig, make_scene, resolve_scene
+from featgs.train import TrainConfig
+from featgs.train.run import train_run
+
+TABLETOP = MakeConfig(size=32, views=24, test_views=3, points=400)
+TINY_RUN = dict(iters=300, feature_dim=16, refine_start=30, refine_every=30, checkpoint_every=1000)
+VIEWER_RUN = {**TINY_RUN, "iters": 400}
+
+
+def make_tabletop_data(out: Path, config: MakeConfig = TABLETOP) -> Path:
+    """Render the built-in tabletop scene into the dataset folder ``out``."""
+    spec = resolve_scene("tabletop")
+    make_scene(spec.read_text(), str(spec), out, config)
+    return out
+
+
+def train_tiny_run(data: Path, out: Path, settings: dict = TINY_RUN) -> Path:
+    """Train ``TrainConfig(**settings)`` on ``data`` into ``out``, on one CPU thread: a
+    32-pixel scene gains nothing from more and loses much when the cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_run(data, out, TrainConfig(**settings), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def copy_run(run: Path, out: Path) -> Path:
+    """A private copy of a run folder, for tests that write into it (it still reads the same data)."""
+    shutil.copytree(run, out)
+    return out
