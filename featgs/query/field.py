@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from featgs.camera import Camera
@@ -29,31 +28,17 @@ from featgs.device import resolve_device
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians, save_ply
 from featgs.pictures import FeaturePCA
-from featgs.query.clean import CleanConfig, clean_selection, hidden_behind, radii, spread, touching_groups
+from featgs.query.clean import CleanConfig, clean_selection, hidden_behind, spread
 from featgs.query.edit import EditOp, apply_edit
 from featgs.query.features import FeatureSpace
 from featgs.query.modes import RenderMode, check_mode, mode_image
 from featgs.query.lift import lift_mask, render_values, selection_share
-from featgs.query.prompt import (
-    MaskDecoder,
-    Prompt,
-    PromptConfig,
-    SamMaskDecoder,
-    box_regions,
-    dominant_feature,
-    sample_pixels,
-)
-from featgs.query.relevancy import (
-    QueryConfig,
-    competing_labels,
-    negatives_or_default,
-    pairwise_relevancy,
-    relative_threshold,
-    select_by_labels,
-)
+from featgs.query.prompt import MaskDecoder, Prompt, PromptConfig, SamMaskDecoder, affinity_select
+from featgs.query.relevancy import QueryConfig, negatives_or_default, pairwise_relevancy, select_by_rule
 from featgs.query.selection import Selection
 from featgs.render import render as render_view
 from featgs.run import Run
+from featgs.teachers.base import Teacher
 
 MAX_TEXT = 500  # characters in one query or label text
 _TEXT_CACHE = 1024  # embeddings kept per field
@@ -101,7 +86,7 @@ class FeatureField:
     """
 
     gaussians: Gaussians
-    encoder: Optional[object] = None
+    encoder: Optional[Teacher] = None
     model_id: Optional[str] = None
     text_channels: Optional[Channels] = None
     prompt_channels: Optional[Channels] = None
@@ -261,18 +246,11 @@ class FeatureField:
         vecs = self.embed([text, *negs])
         cos = self.space.cosine(vecs)
         r = pairwise_relevancy(cos[:, 0], cos[:, 1:], config.temperature)
-        if rule == "labels":
-            labels = self.embed(self.label_names)
-            compete = competing_labels(labels @ vecs[0], config.label_slack)
-            threshold = 0.5 if config.threshold is None else config.threshold
-            keep, _ = select_by_labels(r, cos[:, 0], self.space.cosine(labels[compete]), negatives=bool(negs),
-                                       temperature=config.temperature, win=threshold)
-        elif rule == "relative":
-            threshold = relative_threshold(r, 0.5 if config.threshold is None else config.threshold)
-            keep = r >= threshold
-        else:
-            threshold = float(config.threshold)
-            keep = r >= threshold
+        labels = self.embed(self.label_names) if rule == "labels" else None
+        keep, threshold = select_by_rule(
+            rule, r, cos[:, 0], config, negatives=bool(negs),
+            query_to_labels=None if labels is None else labels @ vecs[0],
+            cos_labels=None if labels is None else (lambda idx: self.space.cosine(labels[idx])))
         keep = keep.cpu()
         if config.clean:
             keep = clean_selection(self.gaussians, keep, self._carving_cameras(), cleaning)
@@ -432,7 +410,7 @@ class FeatureField:
         p = Prompt.make(camera.width, camera.height, points, point_labels, box)
         if self.mask_decoder is not None:
             return self._decoder_prompt(camera, p, config, cleaning)
-        keep = self._affinity_select(camera, p, config)
+        keep = affinity_select(self.gaussians, self.prompt_space, camera, p, config)
         if config.clean:
             cams = spread(self._carving_cameras(), cleaning.views, cleaning.size)
             keep = keep | hidden_behind(self.gaussians, keep, cams, alpha=cleaning.alpha)
@@ -455,46 +433,6 @@ class FeatureField:
         if config.clean:
             sel = self.clean(sel, cleaning)
         return mask, replace(sel, rule="decoder")
-
-    def _affinity_select(self, camera: Camera, p: Prompt, config: PromptConfig) -> Tensor:
-        """[N] bool: the touching groups of feature-similar Gaussians that hold the prompts' seeds."""
-        g = self.gaussians
-        out = render_view(g.with_features(g.features, None), camera, features=True, sh_degree=0, top_k=config.top_k)
-        space = self.prompt_space
-        unit = lambda f: F.normalize(space.decode(f), dim=-1)  # noqa: E731
-        seeds: List[Tuple[Tensor, Tensor, bool]] = []  # (feature [D], seed Gaussian ids, foreground)
-        for (x, y), label in zip(p.points.tolist(), p.point_labels.tolist()):
-            row, col = int(y), int(x)
-            ids = out.topk_ids[row, col]
-            seeds.append((unit(out.features[row, col]), ids[ids >= 0].cpu(), label == 1))
-        if p.box is not None and not any(fg for _, _, fg in seeds):
-            in_box, in_band, centrality = box_regions(camera.width, camera.height, p.box, config.band, config.focus)
-            gen = torch.Generator().manual_seed(0)
-            inner, outer = sample_pixels(in_box, gen), sample_pixels(in_band, gen)
-            f_in = unit(out.features[inner[:, 0], inner[:, 1]])
-            f_out = unit(out.features[outer[:, 0], outer[:, 1]])
-            seed = dominant_feature(f_in, centrality[inner[:, 0], inner[:, 1]], f_out, config.affinity, config.penalty)
-            # the seed Gaussians: the front Gaussian of every box pixel whose feature matches
-            rows, cols = torch.nonzero(in_box, as_tuple=True)
-            match = space.cosine_of(out.features[rows, cols], seed[None])[:, 0] >= config.affinity
-            front = out.topk_ids[rows[match], cols[match], 0]
-            seeds.append((seed, front[front >= 0].cpu(), True))
-        cos = space.cosine(torch.stack([s for s, _, _ in seeds])).cpu()
-        keep = torch.zeros(self.num_gaussians, dtype=torch.bool)
-        means, r = g.means.detach().cpu(), radii(g).cpu()
-        for j, (_, ids, foreground) in sorted(enumerate(seeds), key=lambda s: not s[1][2]):  # foreground first
-            # Groups are found among the Gaussians within `link` of the seed, so that a thin part
-            # whose features wobble (a lamp's pole) still joins what it holds together; only the
-            # ones within `affinity` are taken.
-            cand = torch.nonzero(cos[:, j] >= config.link).squeeze(1)
-            strong = cos[cand, j] >= config.affinity
-            held = torch.isin(cand, ids) & strong
-            if not held.any():
-                continue
-            groups = torch.from_numpy(touching_groups(means[cand], r[cand], config.overlap))
-            chosen = cand[torch.isin(groups, groups[held]) & strong]
-            keep[chosen] = foreground
-        return keep
 
     # -- edits --------------------------------------------------------------------------------
     @_one_at_a_time

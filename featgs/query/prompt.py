@@ -21,13 +21,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol, Sequence
+from typing import List, Optional, Protocol, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from featgs.camera import Camera
 from featgs.errors import FeatgsError
+from featgs.gaussians import Gaussians
+from featgs.query.clean import radii, touching_groups
+from featgs.query.features import FeatureSpace
+from featgs.render import render as render_view
 
 _MAX_SAMPLES = 1024  # box and band pixels compared pairwise when seeding from a box
 
@@ -225,3 +230,50 @@ def sample_pixels(mask: Tensor, generator: torch.Generator) -> Tensor:
     if len(where) > _MAX_SAMPLES:
         where = where[torch.randperm(len(where), generator=generator)[:_MAX_SAMPLES]]
     return where
+
+
+def affinity_select(g: Gaussians, space: FeatureSpace, camera: Camera, p: Prompt, config: PromptConfig) -> Tensor:
+    """[N] bool: the Gaussians a point/box prompt picks by feature affinity (no mask decoder).
+
+    Every prompt gives seeds (the Gaussians under a clicked pixel; for a box, the front
+    Gaussians of its pixels whose feature matches its dominant one); the answer is the touching
+    groups of feature-similar Gaussians that hold the seeds, foreground first.
+
+    Args:
+        g: the field's Gaussians; ``space``: the features that affinity compares.
+    """
+    out = render_view(g.with_features(g.features, None), camera, features=True, sh_degree=0, top_k=config.top_k)
+    unit = lambda f: F.normalize(space.decode(f), dim=-1)  # noqa: E731
+    seeds: List[Tuple[Tensor, Tensor, bool]] = []  # (feature [D], seed Gaussian ids, foreground)
+    for (x, y), label in zip(p.points.tolist(), p.point_labels.tolist()):
+        row, col = int(y), int(x)
+        ids = out.topk_ids[row, col]
+        seeds.append((unit(out.features[row, col]), ids[ids >= 0].cpu(), label == 1))
+    if p.box is not None and not any(fg for _, _, fg in seeds):
+        in_box, in_band, centrality = box_regions(camera.width, camera.height, p.box, config.band, config.focus)
+        gen = torch.Generator().manual_seed(0)
+        inner, outer = sample_pixels(in_box, gen), sample_pixels(in_band, gen)
+        f_in = unit(out.features[inner[:, 0], inner[:, 1]])
+        f_out = unit(out.features[outer[:, 0], outer[:, 1]])
+        seed = dominant_feature(f_in, centrality[inner[:, 0], inner[:, 1]], f_out, config.affinity, config.penalty)
+        # the seed Gaussians: the front Gaussian of every box pixel whose feature matches
+        rows, cols = torch.nonzero(in_box, as_tuple=True)
+        match = space.cosine_of(out.features[rows, cols], seed[None])[:, 0] >= config.affinity
+        front = out.topk_ids[rows[match], cols[match], 0]
+        seeds.append((seed, front[front >= 0].cpu(), True))
+    cos = space.cosine(torch.stack([s for s, _, _ in seeds])).cpu()
+    keep = torch.zeros(len(g), dtype=torch.bool)
+    means, r = g.means.detach().cpu(), radii(g).cpu()
+    for j, (_, ids, foreground) in sorted(enumerate(seeds), key=lambda s: not s[1][2]):  # foreground first
+        # Groups are found among the Gaussians within `link` of the seed, so that a thin part
+        # whose features wobble (a lamp's pole) still joins what it holds together; only the
+        # ones within `affinity` are taken.
+        cand = torch.nonzero(cos[:, j] >= config.link).squeeze(1)
+        strong = cos[cand, j] >= config.affinity
+        held = torch.isin(cand, ids) & strong
+        if not held.any():
+            continue
+        groups = torch.from_numpy(touching_groups(means[cand], r[cand], config.overlap))
+        chosen = cand[torch.isin(groups, groups[held]) & strong]
+        keep[chosen] = foreground
+    return keep

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -129,3 +129,29 @@ def relative_threshold(relevancy: Tensor, fraction: float) -> float:
     hi = float(torch.quantile(r, 0.999))
     lo = float(r.median())
     return lo + fraction * (hi - lo)
+
+
+def select_by_rule(rule: str, relevancy: Tensor, cos_query: Tensor, config: QueryConfig, *, negatives: bool,
+                   query_to_labels: Optional[Tensor] = None,
+                   cos_labels: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[Tensor, float]:
+    """Which Gaussians a query keeps, by ``rule`` (from :meth:`QueryConfig.resolved_rule`).
+
+    Args:
+        relevancy: [N] pairwise relevancy; ``cos_query``: [N] cosine to the query text.
+        negatives: whether the relevancy competed against negative phrases.
+        query_to_labels: "labels" rule: [L] similarity of the query text to each label text.
+        cos_labels: "labels" rule: label indices [l] -> [N, l] cosine of every Gaussian to them.
+    Returns:
+        keep [N] bool and the threshold used.
+    """
+    if rule == "labels":
+        compete = competing_labels(query_to_labels, config.label_slack)
+        threshold = 0.5 if config.threshold is None else config.threshold
+        keep, _ = select_by_labels(relevancy, cos_query, cos_labels(compete), negatives=negatives,
+                                   temperature=config.temperature, win=threshold)
+        return keep, float(threshold)
+    if rule == "relative":
+        threshold = relative_threshold(relevancy, 0.5 if config.threshold is None else config.threshold)
+    else:
+        threshold = float(config.threshold)
+    return relevancy >= threshold, float(threshold)
