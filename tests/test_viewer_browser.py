@@ -209,7 +209,7 @@ def target(run_dir):
     where the object is on screen: tests check the viewer's pixels against it.
     """
     from featgs.data import load_scene
-    from featgs.train.run import read_run
+    from featgs.run import read_run
 
     scene = load_scene(read_run(run_dir)["data"])
     view = scene.train[0]
