@@ -72,6 +72,16 @@ def test_edit_names_translate_once():
             make_edit(bad, **kw)
 
 
+def test_a_lower_affinity_pulls_the_link_threshold_down():
+    from featgs.query import PromptConfig
+
+    base = PromptConfig()
+    low, high = base.with_affinity(0.5), base.with_affinity(0.9)
+    assert (low.affinity, low.link) == (0.5, 0.5) and (high.affinity, high.link) == (0.9, base.link)
+    with pytest.raises(FeatgsError):
+        base.with_affinity(1.5)
+
+
 # What each layer may import (featgs.<package>); the base never reaches up.
 BASE = {"render", "data", "gaussians", "teachers", "camera", "errors", "atomic", "plyio", "pictures", "segmentation",
         "device", "rotations",

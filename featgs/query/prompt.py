@@ -19,7 +19,7 @@ Two paths (:meth:`featgs.query.FeatureField.prompt` picks one):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Protocol, Sequence, Tuple
 
@@ -129,6 +129,11 @@ class PromptConfig:
                 or not min(self.focus, self.penalty) >= 0:
             raise FeatgsError("prompt: need -1 < link <= affinity < 1, top_k >= 1, band and overlap > 0, "
                               "focus and penalty >= 0")
+
+    def with_affinity(self, affinity: float) -> "PromptConfig":
+        """The same config taking Gaussians at cosine ``affinity``; the linking threshold
+        follows a lower affinity down (it may not exceed it)."""
+        return replace(self, affinity=affinity, link=min(self.link, affinity))
 
 
 @dataclass(frozen=True)

@@ -226,8 +226,8 @@ def _segment(server: FieldServer, body: Dict[str, Any]) -> Response:
 
 def _prompt_args(body: Dict[str, Any]) -> Dict[str, Any]:
     config = PromptConfig()
-    if "affinity" in body:  # the linking threshold follows a lower affinity down
-        config = PromptConfig(affinity=body["affinity"], link=min(config.link, body["affinity"]))
+    if "affinity" in body:
+        config = config.with_affinity(body["affinity"])
     return dict(points=body.get("points"), point_labels=body.get("point_labels"), box=body.get("box"), config=config)
 
 
