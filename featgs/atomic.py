@@ -7,10 +7,11 @@ nothing) in place.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 
 def _umask() -> int:
@@ -57,3 +58,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the temporaries that :func:`atomic_open` left in ``folder`` for the files
+    ``names`` when its process was killed (``kill -9``, power loss) mid-write; returns them.
+
+    Call it only where no other process is writing those files (e.g. a run folder when its
+    training starts or resumes).
+    """
+    folder = Path(folder)
+    gone = []
+    for name in names:
+        for tmp in folder.glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                gone.append(tmp)
+    return gone

@@ -1,17 +1,40 @@
 """Surface a config dataclass on the command line: one ``--flag`` per field.
 
-A field's ``metadata`` may hold ``help`` (shown by --help) and ``choices``. Field names map to
-flags with dashes (``feature_dim`` -> ``--feature-dim``); booleans become ``--x/--no-x``.
+A field's ``metadata`` may hold ``help`` (shown by --help), ``choices``, and the range a value
+must lie in: ``min``/``max`` (inclusive), ``above``/``below`` (exclusive); numbers must also be
+finite. :func:`check_ranges` enforces them (configs call it from ``__post_init__``). Field names
+map to flags with dashes (``feature_dim`` -> ``--feature-dim``); booleans become ``--x/--no-x``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from typing import Any, Optional, Sequence, Type, TypeVar
 
+from featgs.errors import FeatgsError
+
 T = TypeVar("T")
+_BOUNDS = (("min", lambda v, b: v >= b, ">="), ("max", lambda v, b: v <= b, "<="),
+           ("above", lambda v, b: v > b, ">"), ("below", lambda v, b: v < b, "<"))
+
+
+def check_ranges(config: Any) -> None:
+    """Raise a one-line :class:`FeatgsError` naming the flag if a numeric field of dataclass
+    ``config`` is not finite or lies outside its metadata's range (None values are skipped)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if not math.isfinite(value):
+            raise FeatgsError(f"{flag}: expected a finite number, got {value}")
+        for key, ok, sign in _BOUNDS:
+            bound = f.metadata.get(key)
+            if bound is not None and not ok(value, bound):
+                raise FeatgsError(f"{flag}: expected a number {sign} {bound:g}, got {value:g}")
 
 
 def _base_type(tp):

@@ -128,6 +128,8 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     ck = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
     assert ck["step"] == 5 and all(bool(torch.isfinite(p).all()) for p in ck["params"].values())
     assert not (tmp_path / "nan" / "point_cloud.ply").exists()
+    info = json.loads((tmp_path / "nan" / "run.json").read_text())
+    assert info["status"] == "diverged" and info["stopped_at"] == 7 and "diverged at step 7" in info["error"]
     with pytest.raises(Diverged):
         calls["n"] = 0
         train_run(obj, tmp_path / "nan2", TrainConfig(iters=20, teacher="none", random_init_points=2000), progress=False)

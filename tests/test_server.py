@@ -137,6 +137,15 @@ def test_edit_saves_under_the_run_or_returns_the_ply(server, run, tmp_path):
     assert status == 200 and (run / "edits" / "moved-wall_1.ply").exists()
 
 
+def test_concurrent_edits_of_one_name_write_once(server, run):
+    body = {"selection": {"ids": list(range(50))}, "op": "delete", "name": "raced"}
+    for attempt in range(3):  # the race needs both requests past the early check at once
+        (run / "edits" / "raced.ply").unlink(missing_ok=True)
+        with ThreadPoolExecutor(4) as pool:
+            statuses = sorted(r[0] for r in pool.map(lambda _: call(server, "POST", "/edit", body), range(4)))
+        assert statuses == [200, 409, 409, 409], statuses
+
+
 EYE4 = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
 BAD = [
     ("POST", "/query", {"text": ""}, 400, "empty"),

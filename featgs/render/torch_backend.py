@@ -69,7 +69,8 @@ def render_torch(
     if top_k:
         weights = tiles_to_image(top_w, plan, W, H)
         local = tiles_to_image(top_id, plan, W, H)
-        ids = torch.where(local >= 0, vis[local.clamp_min(0)], local)
+        # no visible Gaussian: every slot is empty (-1), and there is nothing to index
+        ids = torch.where(local >= 0, vis[local.clamp_min(0)], local) if len(vis) else local
     info = {
         "means2d": means2d,
         "radii": proj.radii[None],

@@ -258,7 +258,9 @@ def _edit(server: FieldServer, body: Dict[str, Any]) -> Response:
     sel = _selection(f, body["selection"])
     edited = f.edit(sel, op)
     if target is not None:
-        with server.lock:  # one save into RUN/edits/ at a time
+        with server.lock:  # check and save as one step: two requests for one name cannot both write
+            if target.exists() and not body.get("overwrite", False):
+                raise HTTPError(409, f"body.name: {EDITS_FOLDER}/{target.stem}.ply exists; pass overwrite: true to replace it")
             edited.save(target)
     if target is not None:
         return _json({"saved": f"{EDITS_FOLDER}/{target.name}", "num_gaussians": edited.num_gaussians,

@@ -15,12 +15,13 @@ import torch
 from tqdm.auto import tqdm
 
 from featgs import __version__
-from featgs.atomic import atomic_open, atomic_write_text
+from featgs.atomic import atomic_open, atomic_write_text, remove_stale_temporaries
 from featgs.camera import Camera
 from featgs.device import resolve_device
 from featgs.errors import FeatgsError
 from featgs.gaussians import save_ply
-from featgs.run import RunPaths, read_run, teacher_channels, write_cameras
+from featgs.run import (CAMERAS_FILE, CHECKPOINT_FILE, LOG_FILE, PLY_FILE, RUN_FILE, RunPaths, read_run,
+                        teacher_channels, write_cameras)
 from featgs.train.background import eval_background, resolve_background
 from featgs.train.checkpoint import load_checkpoint, save_checkpoint
 from featgs.train.config import TrainConfig
@@ -28,7 +29,7 @@ from featgs.train.init import gaussians_from_points, scene_extent
 from featgs.teachers import TeacherOptions, teacher_names
 from featgs.train.blocks import (blocks_info, build_caches, feature_cache, joint_targets, make_blocks, solve_blocks,
                                  stored_dims)
-from featgs.train.trainer import Interrupted, TrainState, init_strategy_state, make_strategy, new_state, train_loop
+from featgs.train.trainer import Diverged, Interrupted, TrainState, init_strategy_state, make_strategy, new_state, train_loop
 
 # Random points fill a volume, not a surface: splats as wide as their spacing make a fog that
 # hides the scene from the gradients until it is peeled away layer by layer; half as wide
@@ -80,6 +81,8 @@ def train_run(
 
     data, out = Path(data), Path(out)
     _prepare_out(out, resume)
+    if resume:  # a run killed mid-write left a temporary beside the file it was writing
+        remove_stale_temporaries(out, [RUN_FILE, CHECKPOINT_FILE, LOG_FILE, PLY_FILE, CAMERAS_FILE])
     if resume:
         saved = read_run(out)
         if Path(saved["data"]).resolve() != data.resolve():
@@ -159,12 +162,18 @@ def train_run(
                 log_file.write(json.dumps(rec) + "\n")
                 log_file.flush()
 
-            train_loop(
-                state, strategy, cams, images, config, extent=extent, background=background,
-                teacher_maps=joint_targets(blocks, names) if joint else None,
-                save_checkpoint=lambda s: save_checkpoint(paths.checkpoint, s),
-                log=log, progress=progress,
-            )
+            try:
+                train_loop(
+                    state, strategy, cams, images, config, extent=extent, background=background,
+                    teacher_maps=joint_targets(blocks, names) if joint else None,
+                    save_checkpoint=lambda s: save_checkpoint(paths.checkpoint, s),
+                    log=log, progress=progress,
+                )
+            except (Diverged, Interrupted) as e:  # run.json says what happened, not "training"
+                info.update(status="diverged" if isinstance(e, Diverged) else "interrupted", stopped_at=e.step,
+                            error=str(e))
+                atomic_write_text(paths.run_json, json.dumps(info, indent=2))
+                raise
 
     g = state.gaussians().detach()
     distill = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
@@ -24,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from featgs.camera import Camera
+from featgs.configargs import check_ranges
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians, LinearDecoder
 from featgs.render import render
@@ -41,10 +42,13 @@ class SolveConfig:
     tol: stop when every channel's relative residual is below this.
     """
 
-    top_k: int = 16
-    cg_iters: int = 20
-    reg: float = 1e-2
-    tol: float = 1e-3
+    top_k: int = field(default=16, metadata={"min": 1})
+    cg_iters: int = field(default=20, metadata={"min": 0})
+    reg: float = field(default=1e-2, metadata={"min": 0.0})
+    tol: float = field(default=1e-3, metadata={"above": 0.0})
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass
