@@ -1,5 +1,3 @@
-import sys
+from featgs.cli import entry
 
-from featgs.cli import main
-
-sys.exit(main())
+entry()

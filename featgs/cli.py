@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -65,5 +66,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The console script: :func:`main`, then exit with its code.
+
+    After Ctrl-C the process ends without finalising the interpreter: tearing down torch's
+    native state while other threads (a server's handlers, a viewer's event loop) were cut off
+    mid-call can abort with "terminate called without an active exception" (exit -6 instead of
+    130). Everything featgs writes is written atomically, so nothing is lost by skipping it.
+    """
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
