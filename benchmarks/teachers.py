@@ -27,10 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _util import device_name, print_table, save_results  # noqa: E402
 from foundation import write_checkpoints  # noqa: E402
 
-from featgs.teachers import clip_model, sam_model  # noqa: E402
+import open_clip  # noqa: E402
+
+from featgs.teachers import sam_model  # noqa: E402
 from featgs.teachers.base import resolve_device  # noqa: E402
 from featgs.teachers.clip import ClipTeacher  # noqa: E402
 from featgs.teachers.sam import SamTeacher  # noqa: E402
+from featgs.teachers.sam_prompter import laid_out  # noqa: E402
 
 
 def measure(teacher, images) -> tuple[float, float]:
@@ -52,13 +55,16 @@ def measure(teacher, images) -> tuple[float, float]:
 
 
 def decode_seconds(sam, device: torch.device, clicks: int = 16) -> float:
-    """Seconds per click of SAM's prompt encoder + mask decoder (a batch of ``clicks``)."""
-    embedding = torch.randn(1, sam_model.DIM, sam_model.EMBED_SIZE, sam_model.EMBED_SIZE, device=device)
-    xy = torch.rand(clicks, 1, 2, device=device) * sam_model.IMAGE_SIZE
+    """Seconds per click of SAM's prompt encoder + mask decoder (a batch of ``clicks``), through
+    segment-anything's predictor on a given feature map, as the viewer's clicks go."""
+    size = sam_model.IMAGE_SIZE
+    predictor = laid_out(sam, torch.randn(sam_model.DIM, sam_model.EMBED_SIZE, sam_model.EMBED_SIZE, device=device),
+                         (size, size))
+    xy = torch.rand(clicks, 1, 2, device=device) * size
     labels = torch.ones(clicks, 1, dtype=torch.int64, device=device)
-    sam_model.decode(sam, embedding, (xy, labels), None, multimask=True)
+    predictor.predict_torch(xy, labels, multimask_output=True)
     t0 = time.perf_counter()
-    sam_model.decode(sam, embedding, (xy, labels), None, multimask=True)
+    predictor.predict_torch(xy, labels, multimask_output=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return (time.perf_counter() - t0) / clicks
@@ -88,7 +94,7 @@ def main() -> None:
             sam_path = folder / "sam_vit_b.pth"
             torch.save(sam_model.build_sam("vit_b").state_dict(), sam_path)
             clip_path = folder / "vit_b_16.pt"
-            torch.save(clip_model.random_clip(clip_model.clip_arch("ViT-B-16")).state_dict(), clip_path)
+            torch.save(open_clip.create_model("ViT-B-16").state_dict(), clip_path)
             cases += [("sam", "vit_b", SamTeacher(sam_path, device=device)),
                       ("clip", "ViT-B-16", ClipTeacher("ViT-B-16", clip_path, size=args.clip_size, device=device))]
         for name, model, teacher in cases:

@@ -123,9 +123,8 @@ def write_colmap_model(folder: Path, cameras: list[dict], images: list[dict], xy
         (folder / "images.bin").write_bytes(data)
         data = struct.pack("<Q", len(xyz))
         for i, (p, c) in enumerate(zip(xyz, rgb)):
-            track = [(1, 0)] * (i % 3)  # varying track lengths exercise the record walk
-            data += struct.pack("<Q3d3Bd", i + 1, *p, *c, 0.5) + struct.pack("<Q", len(track))
-            data += b"".join(struct.pack("<ii", *t) for t in track)
+            # No tracks: a track must match the images' 2D points, which record none (-1).
+            data += struct.pack("<Q3d3Bd", i + 1, *p, *c, 0.5) + struct.pack("<Q", 0)
         (folder / "points3D.bin").write_bytes(data)
     else:
         lines = ["# Camera list with one line of data per camera:"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -134,13 +135,26 @@ def _case_colmap_truncated_bin(good, tmp_path):
     dst = to_colmap(good["transforms"], tmp_path / "trunc", binary=True)
     cams = dst / "sparse" / "0" / "cameras.bin"
     cams.write_bytes(cams.read_bytes()[:20])
-    return dst, ["cameras.bin", "truncated or malformed"]
+    return dst, ["cameras.bin", "truncated or corrupt"]
+
+
+def _case_colmap_huge_point_count_bin(good, tmp_path):
+    dst = to_colmap(good["transforms"], tmp_path / "huge", binary=True)
+    points = dst / "sparse" / "0" / "points3D.bin"
+    points.write_bytes(struct.pack("<Q", 2**40) + points.read_bytes()[8:])
+    return dst, ["points3D.bin", "claims 1099511627776 records"]
+
+
+def _case_colmap_nan_point_txt(good, tmp_path):
+    dst = _copy(good, "colmap", tmp_path)
+    (dst / "sparse" / "0" / "points3D.txt").write_text("1 nan 0 0 10 20 30 0.5\n")
+    return dst, ["sparse/0", "unreadable COLMAP model"]
 
 
 def _case_colmap_unknown_camera(good, tmp_path):
     dst = _copy(good, "colmap", tmp_path)
     (dst / "sparse" / "0" / "cameras.txt").write_text("7 PINHOLE 16 16 15 15 8 8\n")
-    return dst, ["images.txt", "uses camera 1", "lacks"]
+    return dst, ["images.txt", "uses camera 1", "cameras.txt lacks"]
 
 
 def _case_colmap_no_images(good, tmp_path):

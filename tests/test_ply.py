@@ -257,6 +257,24 @@ def test_missing_property(tmp_path):
         load_ply(tmp_path / "m.ply")
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_values_are_refused_on_load(tmp_path, value):
+    cols = standard_3dgs_columns(4, 1)
+    cols["scale_1"][2] = value
+    write_ply_vertices(tmp_path / "nan.ply", cols)
+    with pytest.raises(FeatgsError, match=r"nan\.ply.*'scale_1'.*vertex 2"):
+        load_ply(tmp_path / "nan.ply")
+
+
+@pytest.mark.parametrize("count", ["10000000000000", "100000000000000000000"])
+@pytest.mark.parametrize("fmt", ["ascii", "binary_little_endian"])
+def test_counts_beyond_the_file_are_one_line(tmp_path, count, fmt):
+    path = tmp_path / "huge.ply"
+    path.write_bytes(f"ply\nformat {fmt} 1.0\nelement vertex {count}\nproperty float x\nend_header\n1 2 3\n".encode())
+    with pytest.raises(FeatgsError, match=r"huge\.ply: .*(early end-of-file|more data than the file holds)"):
+        read_ply_vertices(path)
+
+
 def test_wrong_property_type(tmp_path):
     cols = standard_3dgs_columns(3, 0)
     cols["x"] = np.zeros(3, np.uint8)

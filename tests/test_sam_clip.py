@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import open_clip
 import pytest
+import segment_anything
 import torch
-import torch.nn.functional as F
 
 from featgs.errors import FeatgsError
 from featgs.teachers import TeacherOptions, make_teacher, sam_model
-from featgs.teachers.clip import ClipTeacher, pool_in_masks, window_starts
-from featgs.teachers.clip_model import clip_arch
-from featgs.teachers.clip_tokenizer import ClipTokenizer
+from featgs.teachers.clip import TEMPLATES, ClipTeacher, pool_in_masks, window_starts
+from featgs.teachers.clip_model import dense_features
 from featgs.teachers.sam import SamTeacher
-from featgs.teachers.sam_masks import MaskConfig, automatic_masks, box_nms
-from featgs.teachers.sam_prompter import SamPrompter
+from featgs.teachers.sam_prompter import SamPrompter, laid_out
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def test_sam_map_is_the_embedding_cropped_to_the_image(sam_teacher):
     assert sam_teacher.sam_model_name == "vit_tiny"  # read off the checkpoint
     assert sam_teacher.model_id.startswith("sam-vit_tiny@sha256:") and len(sam_teacher.model_id) == 36
     # SAM's own layout: the 614 x 1024 image, padded at the bottom
-    x = sam_model.preprocess(image)
+    x = sam_teacher.sam.preprocess(sam_model.resize(image))
     assert x.shape == (1, 3, 1024, 1024) and (x[..., 614:, :] == 0).all() and (x[..., 613, :] != 0).any()
 
 
@@ -48,19 +48,20 @@ def test_prompter_is_sams_own_pipeline(sam_teacher, square):
     image, features = square
     prompter = SamPrompter(sam_teacher.sam)
     points = torch.tensor([[5.0, 7.0], [20.0, 26.0]])
-    # segment-anything's Sam.forward on the same image, points moved to its 1024 frame by hand
-    resized = F.interpolate(image.permute(2, 0, 1)[None] * 255, size=(1024, 1024), mode="bilinear",
-                            align_corners=False, antialias=True)[0]
-    ref = sam_teacher.sam([{"image": resized, "original_size": (32, 32), "point_coords": points[:, None] * 32,
-                            "point_labels": torch.ones(2, 1, dtype=torch.int64)}], multimask_output=True)[0]
-    for k, point in enumerate(points):
+    # segment-anything's SamPredictor end to end on the same image, through its numpy API
+    reference = segment_anything.SamPredictor(sam_teacher.sam)
+    reference.set_torch_image(sam_model.resize(image), (32, 32))
+    logits = []
+    for point in points:
+        masks, scores, low_res = reference.predict(point[None].numpy(), np.array([1]), multimask_output=True)
         got = prompter.predict(features, (32, 32), point[None], torch.tensor([1]))
         assert got.masks.shape == (3, 32, 32) and got.masks.dtype == torch.bool and got.scores.shape == (3,)
-        assert torch.equal(got.masks, ref["masks"][k])
-        torch.testing.assert_close(got.scores, ref["iou_predictions"][k])
-        torch.testing.assert_close(got.logits, ref["low_res_logits"][k])
+        assert np.array_equal(got.masks.numpy(), masks)
+        torch.testing.assert_close(got.scores, torch.from_numpy(scores))
+        torch.testing.assert_close(got.logits, torch.from_numpy(low_res))
+        logits.append(got.logits)
     # moving the point moves the mask (how, random weights cannot tell: trained SAM follows it)
-    assert not torch.equal(ref["low_res_logits"][0], ref["low_res_logits"][1])
+    assert not torch.equal(logits[0], logits[1])
 
 
 @pytest.mark.slow
@@ -70,6 +71,11 @@ def test_prompter_boxes_and_rendered_maps(sam_teacher, square):
     boxes = torch.tensor([[2.0, 2.0, 20.0, 18.0], [10.0, 4.0, 30.0, 30.0]])
     out = prompter.predict(features, (48, 48), boxes=boxes, multimask=False)
     assert out.masks.shape == (2, 48, 48) and out.scores.shape == (2,) and out.logits.shape == (2, 256, 256)
+    # each box is the prompt SamPredictor.predict makes of it on the same map
+    masks, scores, _ = laid_out(sam_teacher.sam, features, (48, 48)).predict(box=boxes[1].numpy(),
+                                                                             multimask_output=False)
+    assert np.array_equal(out.masks[1:].numpy(), masks)
+    torch.testing.assert_close(out.scores[1:], torch.from_numpy(scores))
     # a map rendered at another resolution (and a non-square image) is laid out on SAM's grid
     wide = prompter.predict(features[:, :20, :], (30, 48), torch.tensor([[40.0, 3.0]]), torch.tensor([0]),
                             boxes=boxes[:1])
@@ -82,10 +88,32 @@ def test_prompter_boxes_and_rendered_maps(sam_teacher, square):
         prompter.predict(features[:8], (32, 32), torch.tensor([[1.0, 1.0]]), torch.tensor([1]))
 
 
-def test_box_nms_keeps_the_best_of_overlapping_boxes():
-    boxes = torch.tensor([[0, 0, 9, 9], [1, 1, 10, 10], [20, 20, 25, 25]])
-    assert box_nms(boxes, torch.tensor([0.5, 0.9, 0.8]), 0.5).tolist() == [1, 2]
-    assert box_nms(boxes, torch.tensor([0.5, 0.9, 0.8]), 0.9).tolist() == [1, 2, 0]
+def test_sam_automatic_masks_are_sams_generator_resized_by_area(sam_teacher, monkeypatch):
+    image = torch.zeros(32, 48, 3)  # two flat squares on black
+    image[4:16, 4:20] = torch.tensor([1.0, 0.2, 0.1])
+    image[14:30, 26:44] = torch.tensor([0.1, 0.3, 1.0])
+    generate, generated = segment_anything.SamAutomaticMaskGenerator.generate, []
+    monkeypatch.setattr(segment_anything.SamAutomaticMaskGenerator, "generate",
+                        lambda gen, pixels: generated.append((gen, pixels, generate(gen, pixels))) or generated[-1][2])
+    # random weights predict low IoUs and speckled, unstable masks: keep all 12, to see them resized
+    masks = sam_teacher.automatic_masks(image, (8, 12), 2, pred_iou_thresh=0.0, stability_score_thresh=0.0,
+                                        box_nms_thresh=1.0)
+    (generator, pixels, records), = generated
+    assert len(generator.point_grids[0]) == 4 and generator.points_per_batch == 16  # a 2 x 2 grid, CPU batches
+    assert pixels.dtype == np.uint8 and np.array_equal(pixels, (image * 255).round().byte().numpy())
+    assert masks.dtype == torch.bool and masks.device.type == "cpu" and masks.shape[1:] == (8, 12)
+    # a cell of the 8 x 12 grid is 4 x 4 pixels: in the mask when at least half of them are
+    expected = [torch.from_numpy(r["segmentation"]).view(8, 4, 12, 4).float().mean((1, 3)) >= 0.5 for r in records]
+    expected = [m for m in expected if m.any()]
+    assert 0 < len(masks) <= 12 and torch.equal(masks, torch.stack(expected))
+    # SAM's own thresholds keep fewer (maybe none) of them, at the size asked for
+    assert sam_teacher.automatic_masks(image, (5, 7), 2).shape[1:] == (5, 7)
+
+
+def test_sam_size_is_read_off_a_released_checkpoint(tmp_path):
+    path = tmp_path / "sam_vit_b.pth"  # random weights, as segment-anything's registry builds vit_b
+    torch.save(segment_anything.sam_model_registry["vit_b"](checkpoint=None).state_dict(), path)
+    assert SamTeacher(path, device="cpu").sam_model_name == "vit_b"
 
 
 def test_pooling_in_masks_takes_the_smallest_covering_mask():
@@ -112,7 +140,7 @@ def test_clip_dense_features_windows_and_text(clip_teacher):
     assert clip_teacher.resolution_for(96, 48) == (4, 8) and features.shape == (32, 4, 8)
     # the first window alone sees the left 4 x 4 patches; cells seen by one window equal it
     x = clip_teacher._normalised(image, 4, 8)
-    alone = clip_teacher.model.dense_features(x[..., :64, :64])[0]
+    alone = dense_features(clip_teacher.model.visual, x[..., :64, :64])[0]
     torch.testing.assert_close(features[:, :, :2], alone[:, :, :2])
     # an image within the native size is one pass, positional embeddings resized to its grid
     small = clip_teacher.encode_view(torch.rand(20, 40, 3))
@@ -121,33 +149,42 @@ def test_clip_dense_features_windows_and_text(clip_teacher):
     assert text.shape == (3, 32)
     torch.testing.assert_close(text.norm(dim=1), torch.ones(3))
     assert not torch.allclose(text[0], text[1])
+    torch.testing.assert_close(clip_teacher.encode_text(["table"])[0], text[1])  # deterministic, row by row
     assert clip_teacher.model_id.startswith("clip-tiny-clip@sha256:") and "size:128" in clip_teacher.cache_key()
 
 
-def test_clip_tokenizer_follows_clip(checkpoints):
-    tokens = ClipTokenizer(checkpoints.clip.parent / "merges.txt", 534, 16)(["A photo of the MUG", "x" * 40])
-    start, end = 532, 533
-    # "a" is a single byte symbol + </w>; photo, of, the, mug are whole merged words
-    assert tokens[0, :7].tolist() == [start, 256 + ord("a") - 33, 512 + 3, 512 + 4, 512 + 6, 512 + 8, end]
-    assert tokens[0, 7:].eq(0).all() and tokens[1, -1] == end and tokens.shape == (2, 16)
+def test_clip_tokenizer_follows_clip(clip_teacher):
+    # open_clip's own tokenizer of the model (its bundled BPE vocabulary: no file, no download)
+    tokens = open_clip.get_tokenizer("tiny-clip")(["A photo of the MUG."])
+    start, end = 49406, 49407  # CLIP's ids: a, photo, of, the, mug, "."
+    assert tokens[0, :8].tolist() == [start, 320, 1125, 539, 518, 9722, 269, end]
+    assert tokens.shape == (1, 77) and tokens[0, 8:].eq(0).all()
+    # the teacher's text embedding: open_clip's encode_text of every template, normalised, averaged
+    model = clip_teacher.model
+    prompts = [template.format("mug") for template in TEMPLATES]
+    with torch.no_grad():
+        expected = model.encode_text(open_clip.get_tokenizer("tiny-clip")(prompts), normalize=True).mean(0)
+    torch.testing.assert_close(clip_teacher.encode_text(["mug"])[0], expected / expected.norm())
 
 
 @pytest.mark.slow
 def test_sharpened_clip_pools_inside_sams_automatic_masks(checkpoints, monkeypatch):
-    import featgs.teachers.clip as clip
-
     teacher = ClipTeacher(str(checkpoints.clip_config), checkpoints.clip, size=64, sharpen="sam", sharpen_points=2,
                           sam_checkpoint=checkpoints.sam, device="cpu")
-    assert "sharpen:sam-vit_tiny" in teacher.cache_key() and "points:2" in teacher.cache_key()
-    # random weights predict low IoUs: keep every mask of the 2 x 2 grid of clicks (3 each)
-    teacher.masks = MaskConfig(points_per_side=2, pred_iou_thresh=-1.0, stability_thresh=0.0, nms_thresh=1.0)
-    seen = []
-    monkeypatch.setattr(clip, "automatic_masks", lambda *a: seen.append(automatic_masks(*a)) or seen[-1])
+    assert "sharpen:sam-vit_tiny" in teacher.cache_key() and "automatic-masks:2" in teacher.cache_key()
+    generate, seen = teacher.sharpener.automatic_masks, []
+
+    def every_mask(image, size, points_per_side):
+        # random weights predict low IoUs and unstable masks: keep them all
+        seen.append(generate(image, size, points_per_side, pred_iou_thresh=0.0, stability_score_thresh=0.0))
+        return seen[-1]
+
+    monkeypatch.setattr(teacher.sharpener, "automatic_masks", every_mask)
     image = torch.rand(32, 32, 3)
     features = teacher.encode_view(image)
-    masks, scores = seen[0]
+    (masks,) = seen
     assert features.shape == (32, 4, 4) and masks.dtype == torch.bool and masks.shape[1:] == (4, 4)
-    assert 0 < len(masks) <= 12 and len(scores) == len(masks) and torch.all(scores[:-1] >= scores[1:])
+    assert 0 < len(masks) <= 12  # a 2 x 2 grid of clicks, 3 masks each, duplicates suppressed
     torch.testing.assert_close(features, pool_in_masks(teacher._dense(teacher._normalised(image, 4, 4)), masks))
 
 
@@ -157,21 +194,21 @@ def test_checkpoint_that_does_not_fit_is_one_line(checkpoints, tmp_path):
     message = str(raised.value)
     assert "\n" not in message and str(checkpoints.sam) in message and "not a SAM vit_b checkpoint" in message
     assert "shape mismatches" in message or "missing" in message
-    with pytest.raises(FeatgsError, match="not a CLIP ViT-B-16 checkpoint"):
-        ClipTeacher("ViT-B-16", checkpoints.clip, device="cpu").prepare()
+    with pytest.raises(FeatgsError, match="not a CLIP ViT-S-32 checkpoint") as raised:
+        ClipTeacher("ViT-S-32", checkpoints.clip, device="cpu").prepare()
+    assert "\n" not in str(raised.value) and str(checkpoints.clip) in str(raised.value)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")
     with pytest.raises(FeatgsError, match="junk.pth"):
         SamTeacher(junk, device="cpu").prepare()
     with pytest.raises(FeatgsError, match="no such SAM checkpoint"):
         SamTeacher(tmp_path / "absent.pth")
-    with pytest.raises(FeatgsError, match="unknown CLIP model 'ViT-Q-7'"):
+    with pytest.raises(FeatgsError, match=r"unknown open_clip model 'ViT-Q-7' \(.*list_models\(\)") as raised:
         ClipTeacher("ViT-Q-7", checkpoints.clip)
-    config = json.loads(checkpoints.clip_config.read_text())
-    config["vision_cfg"]["timm_model_name"] = "vit_base_patch16_224"
+    assert "\n" not in str(raised.value)
     odd = tmp_path / "odd.json"
-    odd.write_text(json.dumps(config))
-    with pytest.raises(FeatgsError, match="'timm_model_name' is not supported"):
-        clip_arch(str(odd))
+    odd.write_text(json.dumps({"vision_cfg": {}}))
+    with pytest.raises(FeatgsError, match="odd.json: not an open_clip model config"):
+        ClipTeacher(str(odd), checkpoints.clip)
     with pytest.raises(FeatgsError, match="needs --sam-checkpoint"):
         make_teacher("sam", TeacherOptions())

@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,13 +36,8 @@ def run(tabletop_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(run):
-    srv = FieldServer(FeatureField.load(run), ("127.0.0.1", 0), quiet=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=10)
+    with FieldServer(FeatureField.load(run), ("127.0.0.1", 0), quiet=True).start() as srv:
+        yield srv
 
 
 def call(server, method: str, path: str, body=None, *, raw: bytes | None = None, headers=None):

@@ -18,8 +18,10 @@ another model, checkpoint or setting are replaced. `featgs train` builds the sam
 its own; extracting first separates the slow part and shows its speed.
 
   sam   Segment Anything's image encoder: 256 channels on (up to) 64 x 64 cells.
-  clip  an open_clip ViT's dense MaskCLIP features (--model: ViT-B-16, ViT-L-14, ... or an
-        open_clip JSON config); --sharpen sam averages them inside SAM's automatic masks.
+  clip  an open_clip model's dense MaskCLIP features, from a ViT or ConvNeXt vision tower
+        (--model: an open_clip name such as ViT-B-16 or convnext_base_w, an open_clip JSON
+        model config, or a folder with an open_clip_config.json); --sharpen sam averages
+        them inside SAM's automatic masks.
   labels  text embeddings of per-pixel labels (scenes that have them).
 
 Checkpoints are local files (.pth/.pt/.bin state dicts or .safetensors); nothing is downloaded.

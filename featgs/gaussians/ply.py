@@ -81,7 +81,8 @@ def load_ply(path: str | os.PathLike) -> Gaussians:
     that file exists.
 
     Raises:
-        FeatgsError: naming the file and the property that is missing or not a float.
+        FeatgsError: naming the file and the property that is missing, not a float, or not
+            finite.
     """
     path = Path(path)
     props = read_ply_vertices(path)
@@ -92,7 +93,12 @@ def load_ply(path: str | os.PathLike) -> Gaussians:
         a = props[name]
         if a.dtype.kind != "f":
             raise FeatgsError(f"{path}: vertex property {name!r} is {a.dtype.name}; expected float")
-        return a.astype(np.float32, copy=False)
+        a = a.astype(np.float32, copy=False)
+        bad = np.flatnonzero(~np.isfinite(a))
+        if len(bad):  # one NaN would poison every render, query and k-d tree built on the scene
+            raise FeatgsError(f"{path}: vertex property {name!r} is {a[bad[0]]} at vertex {bad[0]} "
+                              f"({len(bad)} non-finite values); expected finite numbers")
+        return a
 
     def table(names: List[str]) -> torch.Tensor:
         """[N, len(names)] float32, filled block by block (as the columns came from records)."""

@@ -1,10 +1,14 @@
-"""The HTTP JSON API over one :class:`~featgs.query.FeatureField` (standard library only).
+"""The HTTP JSON API over one :class:`~featgs.query.FeatureField`, as a FastAPI app.
 
-Every request body is validated against its schema (:mod:`featgs.server.schema`) before the
-field is touched; bad input gets a 4xx answer with ``{"error": message}``, and an unexpected
-failure a 500 with the same shape, while the server keeps serving. The field (and the
-renderer under it) runs one operation at a time under its own lock. No request
-names a path: edits are saved as ``RUN/edits/NAME.ply`` with a validated NAME, or returned.
+Every request passes :class:`~featgs.server.guard.Guard` (Host, Origin, JSON body of bounded
+size and time), then its body is parsed strictly (no NaN or Infinity) and validated against its
+pydantic model (:mod:`featgs.server.schema`) before the field is touched. Bad input gets a 4xx
+answer ``{"error": message, "status": status}``, with 400 (not FastAPI's 422) for a body that
+does not match its model; an unexpected failure gets a 500 of the same shape, and the server
+keeps serving. The field (and the renderer under it) runs one operation at a time under its
+own lock; endpoints that compute are plain ``def``, so FastAPI runs them in its thread pool and
+the event loop stays free for other connections. No request names a path: edits are saved as
+``RUN/edits/NAME.ply`` with a validated NAME, or returned.
 """
 
 from __future__ import annotations
@@ -12,19 +16,23 @@ from __future__ import annotations
 import base64
 import io
 import json
-import re
-import sys
 import tempfile
 import threading
-import traceback
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Annotated, Any, Dict, Iterable, Optional, Union
 
 import numpy as np
 import torch
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 
 from featgs import __version__
 from featgs.camera import Camera
@@ -33,142 +41,122 @@ from featgs.pictures import to_uint8
 from featgs.query import FeatureField, PromptConfig, QueryConfig, Selection
 from featgs.query.edit import make_edit
 from featgs.run import EDITS_FOLDER
-from featgs.server.schema import MAX_SIDE, REQUESTS, SchemaError, openapi, validate
+from featgs.server.guard import Guard
+from featgs.server.responses import error_response
+from featgs.server.schema import (MAX_SIDE, EditRequest, ErrorBody, IdSelection, PinholeCamera, PromptRequest,
+                                  PromptSelection, PromptSpec, QueryRequest, RenderRequest, SegmentRequest,
+                                  TextSelection, ViewCamera, error_message)
 
 MAX_BODY = 8 << 20  # bytes of one request body (a million ids fit)
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+BODY_TIMEOUT = 30.0  # seconds a client may take to send a request body
 
-Response = Tuple[int, str, bytes]
-
-
-class HTTPError(Exception):
-    """An answer other than 200, with a message for the client."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+# HTTP's own methods: any other gets "unsupported method" rather than "takes POST, not BREW"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 
-class FieldServer(ThreadingHTTPServer):
-    """Serves one field. ``FieldServer(field, ("127.0.0.1", 0))`` picks a free port (see ``url``).
+def create_app(field: FeatureField, *, hosts: Optional[Iterable[str]] = None, origins: Iterable[str] = (),
+               max_body: int = MAX_BODY, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
+    """The API over ``field`` (never modified: edits make new fields).
 
-    Attributes:
-        field: what is served; never modified (edits make new fields).
-        lock: held while an edit is saved into RUN/edits/.
-        quiet: no request log on stderr.
+    Args:
+        hosts: Host header names accepted (without port); None accepts any. :class:`FieldServer`
+            passes the names of the address it is bound to.
+        origins: browser origins (``http://host:port``) allowed besides the server's own; they
+            also get CORS headers, so that a page there can read the answers.
+        max_body: bytes of a request body.
+        body_timeout: seconds from a request's head to its body's last byte.
     """
+    origins = sorted({o.lower() for o in origins})  # as browsers send them
+    middleware = [Middleware(Guard, hosts=hosts, origins=origins, max_body=max_body, body_timeout=body_timeout)]
+    if origins:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"],
+                                     allow_headers=["Content-Type"]))
+    app = FastAPI(title="featgs feature field", version=__version__, redoc_url=None, middleware=middleware,
+                  description="Query, segment, prompt, edit and render one trained run. Cameras are "
+                              "{view, split} or {width, height, K, camtoworld} (OpenCV, at most 2048x2048).",
+                  exception_handlers={HTTPException: _http_error, RequestValidationError: _invalid_body,
+                                      FeatgsError: _featgs_error, Exception: _internal_error})
+    app.state.field = field
+    app.state.edit_lock = threading.Lock()  # held while an edit is checked and saved into RUN/edits/
+    app.include_router(router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
 
-    daemon_threads = True
 
-    def __init__(self, field: FeatureField, address: Tuple[str, int] = ("127.0.0.1", 8000), *, quiet: bool = False):
-        super().__init__(address, _Handler)
-        self.field = field
-        self.lock = threading.Lock()
-        self.quiet = quiet
-        self.document = openapi("featgs feature field", __version__)
+# -- errors ------------------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    path, method = request.url.path, request.method
+    message = exc.detail
+    if exc.status_code == 404:
+        message = f"no endpoint {path[:100]!r}; see GET /openapi.json"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = (f"{path} takes {allowed}, not {method}" if method in _METHODS
+                   else f"unsupported method {method[:20]!r}; {path} takes {allowed}")
+    return error_response(exc.status_code, message, headers=exc.headers)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: FieldServer
-    timeout = 60  # seconds a client may take to send its request
-    server_version = f"featgs/{__version__}"
+async def _invalid_body(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(400, error_message(exc.errors()))
 
-    def _handle(self) -> None:
-        self._answer(self._dispatch)
 
-    # every method goes through the routes, so that a wrong one gets a 405 naming the right one
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _handle
+async def _featgs_error(request: Request, exc: Exception) -> Response:
+    return error_response(400, str(exc))
 
-    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
-        """The standard library's own errors (malformed request line, unknown method) as JSON."""
-        code = 405 if code == 501 else code  # an unknown method is the client's mistake
-        self.close_connection = True
-        self._send(*_error(code, message or explain or HTTPStatus(code).phrase))
 
-    def _dispatch(self) -> Response:
-        path = self.path.split("?", 1)[0]
-        endpoint = _ROUTES.get((self.command, path))
-        if endpoint is not None:
-            return endpoint(self.server, self._body()) if self.command == "POST" else endpoint(self.server)
-        allowed = [method for method, p in _ROUTES if p == path]
-        if allowed:
-            raise HTTPError(405, f"{path} takes {allowed[0]}, not {self.command}")
-        raise HTTPError(404, f"no endpoint {path[:100]!r}; see GET /openapi.json")
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # Starlette answers with this, then re-raises for uvicorn to log the traceback; the
+    # server goes on serving.
+    return error_response(500, f"internal error ({exc.__class__.__name__}); the server is still running")
 
-    def _body(self) -> Dict[str, Any]:
-        """The request's JSON body, validated against the schema of its path."""
-        length = self.headers.get("Content-Length")
-        if length is None:
-            raise HTTPError(411, "a JSON body with a Content-Length header is required")
-        try:
-            n = int(length)
-        except ValueError:
-            raise HTTPError(400, f"Content-Length must be an integer, got {length[:40]!r}") from None
-        if n < 0:
-            raise HTTPError(400, "Content-Length must not be negative")
-        if n > MAX_BODY:
-            self.close_connection = True  # the body is not read: the connection cannot be reused
-            raise HTTPError(413, f"request body of {n} bytes exceeds the limit of {MAX_BODY}")
-        try:
-            raw = self.rfile.read(n)
-        except TimeoutError:
-            self.close_connection = True
-            raise HTTPError(408, f"the request body did not arrive within {self.timeout} s") from None
-        if len(raw) < n:
-            raise HTTPError(400, f"request body ended after {len(raw)} of {n} bytes")
-        try:
-            body = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise HTTPError(400, f"request body is not valid JSON ({str(e)[:120] or 'nested too deeply'})") from None
-        try:
-            validate(body, REQUESTS[self.path.split("?", 1)[0]])
-        except SchemaError as e:
-            raise HTTPError(400, str(e)) from None
-        return body
 
-    def _answer(self, make: Callable[[], Response]) -> None:
-        try:
-            status, kind, payload = make()
-        except HTTPError as e:
-            status, kind, payload = _error(e.status, str(e))
-        except FeatgsError as e:
-            status, kind, payload = _error(400, str(e))
-        except Exception as e:  # a bug: answer, log, keep serving
-            traceback.print_exc(file=sys.stderr)
-            status, kind, payload = _error(500, f"internal error ({e.__class__.__name__}); the server is still running")
-        self._send(status, kind, payload)
+class _StrictJSONRequest(Request):
+    """A request whose JSON body may not hold NaN or Infinity (Python's json module takes them;
+    JSON does not), nor be nested deeper than the parser's recursion."""
 
-    def _send(self, status: int, kind: str, payload: bytes) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            if getattr(self, "command", None) != "HEAD":
-                self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):  # the client left; nothing to tell it
-            self.close_connection = True
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            raw = await self.body()
+            # a large body (up to a million ids) is parsed off the event loop
+            self._json = await run_in_threadpool(_parse, raw) if len(raw) > 1 << 16 else _parse(raw)
+        return self._json
 
-    def log_message(self, format: str, *args: Any) -> None:
-        if not self.server.quiet:
-            super().log_message(format, *args)
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise HTTPException(400, f"request body is not valid JSON ({str(e)[:120] or 'nested too deeply'})") from None
 
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _json(obj: Any, status: int = 200) -> Response:
-    return status, "application/json", json.dumps(obj).encode()
+class _Route(APIRoute):
+    """A route that reads its body with :class:`_StrictJSONRequest`."""
+
+    def get_route_handler(self):  # type: ignore[no-untyped-def]
+        handle = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            return await handle(_StrictJSONRequest(request.scope, request.receive))
+
+        return strict
 
 
-def _error(status: int, message: str) -> Response:
-    return _json({"error": message, "status": status}, status)
+# -- answers -----------------------------------------------------------------------------------
+
+def _json(obj: Any) -> JSONResponse:
+    """``obj`` as JSON; a non-finite number in it is an error answer, never invalid JSON."""
+    try:
+        return JSONResponse(obj)
+    except ValueError:  # starlette writes with allow_nan=False
+        raise HTTPException(422, "the answer holds NaN or infinity, which JSON cannot carry; "
+                                 "the request led to a degenerate result (try other parameters)") from None
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -177,131 +165,177 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-# -- GET ---------------------------------------------------------------------------------------
-
-def _health(server: FieldServer) -> Response:
-    f = server.field
-    return _json({"status": "ok", "version": __version__, "num_gaussians": f.num_gaussians,
-                  "text_queries": f.encoder is not None, "label_names": list(f.label_names),
-                  "views": {"test": len(f.test_cameras), "train": len(f.train_cameras)},
-                  "mask_decoder": f.mask_decoder is not None})
+def _the_field(request: Request) -> FeatureField:
+    return request.app.state.field
 
 
-def _views(server: FieldServer) -> Response:
-    f = server.field
+TheField = Annotated[FeatureField, Depends(_the_field)]
+
+_ERRORS: Dict[Union[int, str], Dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": what} for status, what in (
+        (400, "bad request: the message names the field, e.g. body.text: must not be empty"),
+        (403, "a foreign Host or Origin"), (408, "the body took too long"), (411, "no Content-Length"),
+        (413, "the body is too large"), (415, "the body is not application/json"))}
+
+
+def _example(description: str, example: Any) -> Dict[Union[int, str], Dict[str, Any]]:
+    return {200: {"description": description, "content": {"application/json": {"example": example}}}, **_ERRORS}
+
+
+_SELECTION_EXAMPLE = {"num_selected": 253, "num_gaussians": 52523, "bbox": [[-0.15, -0.17, -0.47], [-0.07, -0.12, -0.39]],
+                      "centroid": [-0.11, -0.15, -0.43], "threshold": 0.5, "rule": "labels", "text": "red mug",
+                      "dataset_frame": {"bbox": [[-0.23, -0.26, 0.72], [-0.11, -0.19, 0.84]],
+                                        "centroid": [-0.18, -0.22, 0.79]}}
+
+
+def _openapi(app: FastAPI) -> Dict[str, Any]:
+    """FastAPI's document, with each request body's schema in place (not only a $ref), and the
+    400 this API answers for a body that fails validation instead of FastAPI's 422."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schemas = doc.get("components", {}).get("schemas", {})
+        for operations in doc["paths"].values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+                content = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+                ref = content.get("schema", {}).get("$ref", "")
+                if ref.startswith("#/components/schemas/"):
+                    content["schema"] = schemas[ref.rsplit("/", 1)[1]]
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
+# -- endpoints ---------------------------------------------------------------------------------
+
+router = APIRouter(route_class=_Route)  # the route table; the field is per app, in app.state
+
+
+@router.get("/health", summary="Liveness and what the run holds",
+            responses=_example("ok", {"status": "ok", "num_gaussians": 52523}))
+def _health(field: TheField) -> JSONResponse:
+    return _json({"status": "ok", "version": __version__, "num_gaussians": field.num_gaussians,
+                  "text_queries": field.encoder is not None, "label_names": list(field.label_names),
+                  "views": {"test": len(field.test_cameras), "train": len(field.train_cameras)},
+                  "mask_decoder": field.mask_decoder is not None})
+
+
+@router.get("/views", summary="The run's views (for {view, split} cameras)",
+            responses=_example("views", {"test": [{"view": 0, "name": "test_0000", "width": 128, "height": 128}]}))
+def _views(field: TheField) -> JSONResponse:
     return _json({split: [{"view": i, "name": c.name, "width": c.width, "height": c.height} for i, c in enumerate(cams)]
-                  for split, cams in (("test", f.test_cameras), ("train", f.train_cameras))})
+                  for split, cams in (("test", field.test_cameras), ("train", field.train_cameras))})
 
 
-# -- POST --------------------------------------------------------------------------------------
-
-def _camera(field: FeatureField, spec: Dict[str, Any]) -> Camera:
-    """The camera a (validated) request names: a view of the run or explicit intrinsics and pose."""
-    if "view" in spec:
-        return field.camera(spec["view"], spec.get("split", "test"))
-    cam = Camera.from_dict({k: v for k, v in spec.items() if k != "frame"}, source="camera")
+def _camera(field: FeatureField, spec: Union[ViewCamera, PinholeCamera]) -> Camera:
+    """The camera a request names: a view of the run, or explicit intrinsics and pose."""
+    if isinstance(spec, ViewCamera):
+        return field.camera(spec.view, spec.split)
+    cam = Camera.from_dict(spec.model_dump(exclude={"frame"}), source="camera")
     cam.check_plausible(max_focal=100 * MAX_SIDE, source="camera")
-    return field.from_dataset_frame(cam) if spec.get("frame") == "dataset" else cam
+    return field.from_dataset_frame(cam) if spec.frame == "dataset" else cam
 
 
-def _query_config(body: Dict[str, Any]) -> QueryConfig:
-    return QueryConfig(rule=body.get("rule", "auto"), threshold=body.get("threshold"), clean=body.get("clean", True))
+def _query_config(spec: TextSelection) -> QueryConfig:
+    return QueryConfig(rule=spec.rule, threshold=spec.threshold, clean=spec.clean)
 
 
-def _query(server: FieldServer, body: Dict[str, Any]) -> Response:
-    config = _query_config(body)
-    sel = server.field.query(body["text"], body.get("negatives"), config=config)
-    return _json(server.field.describe(sel, with_ids=body.get("with_ids", False)))
+@router.post("/query", summary="Select the Gaussians a text names",
+             responses=_example("the selection", _SELECTION_EXAMPLE))
+def _query(body: QueryRequest, field: TheField) -> JSONResponse:
+    sel = field.query(body.text, body.negatives, config=_query_config(body))
+    return _json(field.describe(sel, with_ids=body.with_ids))
 
 
-def _segment(server: FieldServer, body: Dict[str, Any]) -> Response:
-    f = server.field
-    cam = _camera(f, body["camera"])
-    labels = list(body.get("labels") or f.label_names)
-    seg = f.segment(cam, labels)
+@router.post("/segment", summary="Label every pixel of a view with the most similar label text",
+             responses=_example("labels, per-label pixel counts, and the label map as a base64 8-bit PNG of indices",
+                                {"labels": ["table", "red mug"], "width": 128, "height": 128, "counts": [9000, 384],
+                                 "label_map_png": "iVBORw0..."}))
+def _segment(body: SegmentRequest, field: TheField) -> JSONResponse:
+    cam = _camera(field, body.camera)
+    labels = list(body.labels or field.label_names)
+    seg = field.segment(cam, labels)
     counts = torch.bincount(seg.reshape(-1), minlength=len(labels)).tolist()
     return _json({"labels": labels, "width": cam.width, "height": cam.height, "counts": counts,
                   "label_map_png": base64.b64encode(_png(seg.to(torch.uint8).numpy())).decode()})
 
 
-def _prompt_args(body: Dict[str, Any]) -> Dict[str, Any]:
+def _prompt_args(spec: PromptSpec) -> Dict[str, Any]:
     config = PromptConfig()
-    if "affinity" in body:
-        config = config.with_affinity(body["affinity"])
-    return dict(points=body.get("points"), point_labels=body.get("point_labels"), box=body.get("box"), config=config)
+    if spec.affinity is not None:
+        config = config.with_affinity(spec.affinity)
+    return dict(points=spec.points, point_labels=spec.point_labels, box=spec.box, config=config)
 
 
-def _prompt(server: FieldServer, body: Dict[str, Any]) -> Response:
-    f = server.field
-    mask, sel = f.prompt(_camera(f, body["camera"]), **_prompt_args(body))
+@router.post("/prompt", summary="Segment the object at clicked points or in a box",
+             responses=_example("the mask (base64 PNG, 255 = inside) and the 3D selection",
+                                {"mask_png": "iVBORw0...", "mask_area": 384, "selection": _SELECTION_EXAMPLE}))
+def _prompt(body: PromptRequest, field: TheField) -> JSONResponse:
+    mask, sel = field.prompt(_camera(field, body.camera), **_prompt_args(body))
     png = _png(mask.numpy().astype(np.uint8) * 255)
     return _json({"mask_png": base64.b64encode(png).decode(), "mask_area": int(mask.sum()),
-                  "selection": server.field.describe(sel, with_ids=body.get("with_ids", False))})
+                  "selection": field.describe(sel, with_ids=body.with_ids)})
 
 
-def _selection(field: FeatureField, spec: Dict[str, Any]) -> Selection:
-    if "ids" in spec:
-        return Selection.from_ids(field.gaussians.means, torch.tensor(spec["ids"], dtype=torch.int64))
-    if "prompt" in spec:
-        p = spec["prompt"]
-        return field.prompt(_camera(field, p["camera"]), **_prompt_args(p))[1]
-    return field.query(spec["text"], spec.get("negatives"), config=_query_config(spec))
+def _selection(field: FeatureField, spec: Union[TextSelection, IdSelection, PromptSelection]) -> Selection:
+    if isinstance(spec, IdSelection):
+        return Selection.from_ids(field.gaussians.means, torch.tensor(spec.ids, dtype=torch.int64))
+    if isinstance(spec, PromptSelection):
+        return field.prompt(_camera(field, spec.prompt.camera), **_prompt_args(spec.prompt))[1]
+    return field.query(spec.text, spec.negatives, config=_query_config(spec))
 
 
-def _edit(server: FieldServer, body: Dict[str, Any]) -> Response:
+@router.post("/edit", summary="Delete, extract, recolour or move a selection",
+             responses={200: {"description": "with a name: where it was saved; without: the PLY itself",
+                              "content": {"application/json": {"example": {"saved": "edits/no_mug.ply",
+                                                                           "num_gaussians": 52270,
+                                                                           "selection": _SELECTION_EXAMPLE}},
+                                          "application/octet-stream": {}}},
+                        409: {"model": ErrorBody, "description": "an edit of that name exists"}, **_ERRORS})
+def _edit(body: EditRequest, request: Request, field: TheField) -> Response:
     try:
-        op = make_edit(body["op"], rgb=body.get("rgb"), offset=body.get("offset"))
+        op = make_edit(body.op, rgb=body.rgb, offset=body.offset)
     except FeatgsError as e:
-        raise HTTPError(400, f"body: {e}") from None
-    target = _edit_path(server.field, body.get("name"), body.get("overwrite", False))
-    f = server.field
-    sel = _selection(f, body["selection"])
-    edited = f.edit(sel, op)
-    if target is not None:
-        with server.lock:  # check and save as one step: two requests for one name cannot both write
-            if target.exists() and not body.get("overwrite", False):
-                raise HTTPError(409, f"body.name: {EDITS_FOLDER}/{target.stem}.ply exists; pass overwrite: true to replace it")
-            edited.save(target)
-    if target is not None:
-        return _json({"saved": f"{EDITS_FOLDER}/{target.name}", "num_gaussians": edited.num_gaussians,
-                      "selection": server.field.describe(sel)})
-    with tempfile.TemporaryDirectory() as tmp:
-        path = edited.save(Path(tmp) / "edit.ply")
-        return 200, "application/octet-stream", path.read_bytes()
+        raise HTTPException(400, f"body: {e}") from None
+    target = _edit_path(field, body.name, body.overwrite)
+    sel = _selection(field, body.selection)
+    edited = field.edit(sel, op)
+    if target is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = edited.save(Path(tmp) / "edit.ply")
+            return Response(path.read_bytes(), media_type="application/octet-stream")
+    with request.app.state.edit_lock:  # check and save as one step: two requests for one name cannot both write
+        if target.exists() and not body.overwrite:
+            raise HTTPException(409, f"body.name: {EDITS_FOLDER}/{target.stem}.ply exists; pass overwrite: true to replace it")
+        edited.save(target)
+    return _json({"saved": f"{EDITS_FOLDER}/{target.name}", "num_gaussians": edited.num_gaussians,
+                  "selection": field.describe(sel)})
 
 
 def _edit_path(field: FeatureField, name: Optional[str], overwrite: bool) -> Optional[Path]:
-    """RUN/edits/NAME.ply for a safe NAME (no separators, dots or traversal), or None for no name."""
+    """RUN/edits/NAME.ply for a NAME the schema has checked (no separators, dots or traversal),
+    or None for no name. An existing edit is refused here already, before the work."""
     if name is None:
         return None
-    if not _NAME.fullmatch(name):
-        raise HTTPError(400, "body.name: use 1-64 letters, digits, '_' or '-', starting with a letter or digit "
-                             "(it becomes RUN/edits/NAME.ply; paths are not accepted)")
     if field.root is None:
-        raise HTTPError(400, "body.name: this server has no run folder to save edits in; leave out name to get the PLY back")
+        raise HTTPException(400, "body.name: this server has no run folder to save edits in; "
+                                 "leave out name to get the PLY back")
     folder = (field.root / EDITS_FOLDER).resolve()
     target = folder / f"{name}.ply"
-    if target.parent != folder:  # cannot happen with the pattern above; kept as the invariant
-        raise HTTPError(400, "body.name: not a plain file name")
+    if target.parent != folder:  # cannot happen with the schema's pattern; kept as the invariant
+        raise HTTPException(400, "body.name: not a plain file name")
     if target.exists() and not overwrite:
-        raise HTTPError(409, f"body.name: {EDITS_FOLDER}/{name}.ply exists; pass overwrite: true to replace it")
+        raise HTTPException(409, f"body.name: {EDITS_FOLDER}/{name}.ply exists; pass overwrite: true to replace it")
     return target
 
 
-def _render(server: FieldServer, body: Dict[str, Any]) -> Response:
-    mode = body.get("mode", "rgb")
-    if mode in ("relevancy", "selection") and "text" not in body:
-        raise HTTPError(400, f"body: mode {mode!r} needs 'text'")
-    f = server.field
-    cam = _camera(f, body["camera"])
-    sel = f.query(body["text"], body.get("negatives")) if mode == "selection" else None
-    image = f.render(cam, mode, text=body.get("text"), labels=body.get("labels"), selection=sel,
-                     negatives=body.get("negatives"))
-    return 200, "image/png", _png(to_uint8(image))
-
-
-_ROUTES: Dict[Tuple[str, str], Callable[..., Response]] = {
-    ("GET", "/health"): _health, ("GET", "/views"): _views, ("GET", "/openapi.json"): lambda s: _json(s.document),
-    ("POST", "/query"): _query, ("POST", "/segment"): _segment, ("POST", "/prompt"): _prompt,
-    ("POST", "/edit"): _edit, ("POST", "/render"): _render,
-}
+@router.post("/render", summary="Render a view as a PNG", response_class=Response,
+             responses={200: {"description": "the picture", "content": {"image/png": {}}}, **_ERRORS})
+def _render(body: RenderRequest, field: TheField) -> Response:
+    if body.mode in ("relevancy", "selection") and body.text is None:
+        raise HTTPException(400, f"body: mode {body.mode!r} needs 'text'")
+    cam = _camera(field, body.camera)
+    sel = field.query(body.text, body.negatives) if body.mode == "selection" else None
+    image = field.render(cam, body.mode, text=body.text, labels=body.labels, selection=sel, negatives=body.negatives)
+    return Response(_png(to_uint8(image)), media_type="image/png")

@@ -1,14 +1,23 @@
-"""Request schemas of the HTTP API: one definition validates requests and documents them.
+"""Request bodies of the HTTP API as pydantic models, and one-line messages for their errors.
 
-The schemas are plain JSON Schema (the subset :func:`validate` understands: type, properties,
-required, additionalProperties, items, min/maxItems, min/maxLength, minimum, maximum, enum,
-oneOf), so the OpenAPI document serves them as they are.
+FastAPI validates each body against its model before an endpoint runs, and documents the models
+in ``/openapi.json``. The models are strict (``"5"`` is not 5, ``true`` is not a number) and
+closed (an unknown field is an error, not ignored), and :func:`error_message` turns pydantic's
+first complaint into featgs's one line naming the field, e.g.
+``body.camera.width: must lie in 1..2048, got 4096``.
+
+Units: pixels for image sizes, points and boxes (x right, y down); the run's frame (or, for a
+camera with ``frame: "dataset"``, the dataset's) for poses and offsets; colours in 0..1.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Dict, List
+import re
+from typing import Annotated, Any, List, Literal, Mapping, Optional, Sequence, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic.json_schema import WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from featgs.query.modes import RENDER_MODES
 from featgs.query.relevancy import RULES
@@ -19,226 +28,225 @@ MAX_LABELS = 64
 MAX_POINTS = 32
 MAX_NEGATIVES = 16
 MAX_IDS = 1_000_000
+MAX_COORD = 1e6  # bound of every entry of K, camtoworld and offset: keeps the maths finite
+EDIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+# Tags of the union members below. They show up in pydantic's error locations; the colon (which
+# no field name has) lets error_message drop them, so that a location reads body.camera.width.
+_TAG = ":"
 
 
-class SchemaError(ValueError):
-    """A request that does not match its schema; the message names the field."""
+def _in_range(kind: type, lo: float, hi: float, description: str = "") -> Any:
+    """``kind`` (int or float) in ``lo..hi`` inclusive: one message naming both bounds, and both
+    bounds in the JSON schema (pydantic's own ge/le would report one bound per error)."""
+
+    def check(value: Any) -> Any:
+        if not lo <= value <= hi:
+            raise PydanticCustomError("range", "must lie in {lo}..{hi}, got {value}", {"lo": lo, "hi": hi, "value": value})
+        return value
+
+    schema = {"type": "integer" if kind is int else "number", "minimum": lo, "maximum": hi}
+    if description:
+        schema["description"] = description
+    return Annotated[kind, AfterValidator(check), WithJsonSchema(schema)]
 
 
-def validate(value: Any, schema: Dict[str, Any], where: str = "body") -> None:
-    """Raise :class:`SchemaError` naming the first place where ``value`` breaks ``schema``."""
-    if "oneOf" in schema:
-        matches = []
-        errors: List[str] = []
-        for option in schema["oneOf"]:
-            try:
-                validate(value, option, where)
-                matches.append(option)
-            except SchemaError as e:
-                errors.append(str(e))
-        if len(matches) != 1:
-            raise SchemaError(f"{where}: {schema.get('description', 'does not match exactly one allowed form')}"
-                              + (f" ({'; '.join(errors[:2])})" if not matches else ""))
-        return
-    kind = schema.get("type")
-    if kind is not None and not _is_type(value, kind):
-        raise SchemaError(f"{where}: expected {kind}, got {_name(value)}")
-    if "enum" in schema and value not in schema["enum"]:
-        raise SchemaError(f"{where}: expected one of {', '.join(map(str, schema['enum']))}, got {value!r:.60}")
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            raise SchemaError(f"{where}: must not be empty" if schema.get("minLength") == 1 else f"{where}: too short")
-        if len(value) > schema.get("maxLength", math.inf):
-            raise SchemaError(f"{where}: at most {schema['maxLength']} characters, got {len(value)}")
-        if "minLength" in schema and not value.strip():
-            raise SchemaError(f"{where}: must not be blank")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < schema.get("minimum", -math.inf) or value > schema.get("maximum", math.inf):
-            lo, hi = schema.get("minimum", "-inf"), schema.get("maximum", "inf")
-            raise SchemaError(f"{where}: must lie in {lo}..{hi}, got {value}")
-    if isinstance(value, list):
-        if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", math.inf):
-            lo, hi = schema.get("minItems", 0), schema.get("maxItems", "any")
-            raise SchemaError(f"{where}: expected {lo}..{hi} items, got {len(value)}")
-        if "items" in schema:
-            for i, item in enumerate(value):
-                validate(item, schema["items"], f"{where}[{i}]")
+def _vec(n: int, lo: float, hi: float) -> Any:
+    """``n`` numbers, each in ``lo..hi``."""
+    return Annotated[List[_in_range(float, lo, hi)], Field(min_length=n, max_length=n)]
+
+
+def _matrix(rows: int, cols: int) -> Any:
+    return Annotated[List[_vec(cols, -MAX_COORD, MAX_COORD)], Field(min_length=rows, max_length=rows)]
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise PydanticCustomError("blank", "must not be blank")
+    return text
+
+
+def _plain_name(name: str) -> str:
+    if not EDIT_NAME.fullmatch(name):
+        raise PydanticCustomError("edit_name", "use 1-64 letters, digits, '_' or '-', starting with a letter or digit "
+                                               "(it becomes RUN/edits/NAME.ply; paths are not accepted)")
+    return name
+
+
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_not_blank)]
+Texts = Annotated[List[Text], Field(max_length=MAX_NEGATIVES)]
+Labels = Annotated[List[Text], Field(min_length=1, max_length=MAX_LABELS,
+                                     description="label texts (default: the run's label names)")]
+EditName = Annotated[str, AfterValidator(_plain_name), WithJsonSchema(
+    {"type": "string", "pattern": f"^{EDIT_NAME.pattern}$",
+     "description": "save as RUN/edits/NAME.ply; without a name the PLY comes back as the response body"})]
+
+
+class _Closed(BaseModel):
+    """No unknown fields, no type coercion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ViewCamera(_Closed):
+    """One of the run's views (GET /views lists them)."""
+
+    view: _in_range(int, 0, 1_000_000, "view index")
+    split: Literal["test", "train"] = "test"
+
+
+class PinholeCamera(_Closed):
+    """A camera in full, OpenCV convention (x right, y down, z forward)."""
+
+    width: _in_range(int, 1, MAX_SIDE, "pixels")
+    height: _in_range(int, 1, MAX_SIDE, "pixels")
+    K: _matrix(3, 3) = Field(description="3x3 intrinsics in pixels")
+    camtoworld: _matrix(4, 4) = Field(description="4x4 camera-to-world pose")
+    frame: Literal["run", "dataset"] = Field(
+        "run", description="the pose's frame: the run's (its PLY's) or that of the dataset's own camera poses")
+
+
+def _camera_form(value: Any) -> Optional[str]:
     if isinstance(value, dict):
-        props = schema.get("properties", {})
-        for key in schema.get("required", []):
-            if key not in value:
-                raise SchemaError(f"{where}: missing {key!r}")
-        if schema.get("additionalProperties") is False:
-            extra = sorted(set(value) - set(props))
-            if extra:
-                raise SchemaError(f"{where}: unknown field(s) {', '.join(map(repr, extra[:5]))}; "
-                                  f"expected {', '.join(props)}")
-        for key, sub in props.items():
-            if key in value:
-                validate(value[key], sub, f"{where}.{key}")
+        return f"camera{_TAG}view" if "view" in value else f"camera{_TAG}pinhole"
+    return None  # pydantic reports the custom error below
 
 
-def _is_type(value: Any, kind) -> bool:
-    if isinstance(kind, list):
-        return any(_is_type(value, k) for k in kind)
-    if kind == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return isinstance(value, {"string": str, "boolean": bool, "array": list, "object": dict, "null": type(None)}[kind])
+CAMERA_HELP = ("a camera: either {view, split} (one of the run's views) or {width, height, K, camtoworld, frame} "
+               "(OpenCV: x right, y down, z forward; K in pixels; at most 2048x2048)")
+Camera = Annotated[Union[Annotated[ViewCamera, Tag(f"camera{_TAG}view")],
+                         Annotated[PinholeCamera, Tag(f"camera{_TAG}pinhole")]],
+                   Discriminator(_camera_form, custom_error_type="camera", custom_error_message=CAMERA_HELP),
+                   Field(description=CAMERA_HELP)]
 
 
-def _name(value: Any) -> str:
+class TextSelection(_Closed):
+    """The Gaussians a text names."""
+
+    text: Text
+    negatives: Optional[Texts] = Field(
+        None, description="phrases the text competes against (default: object, things, stuff, texture; [] = cosine)")
+    rule: Literal[RULES] = Field("auto", description="threshold rule")  # type: ignore[valid-type]
+    threshold: Optional[float] = Field(None, description="the rule's parameter (see featgs query --help)")
+    clean: bool = Field(True, description="drop floaters and add the Gaussians the selection hides")
+
+
+class QueryRequest(TextSelection):
+    with_ids: bool = Field(False, description="include the selected ids")
+
+
+class PromptSpec(_Closed):
+    """Clicked points and/or a box on a camera's image."""
+
+    camera: Camera
+    points: Optional[Annotated[List[_vec(2, 0, MAX_SIDE)], Field(max_length=MAX_POINTS)]] = Field(
+        None, description="clicked pixels [[x, y], ...]")
+    point_labels: Optional[Annotated[List[Literal[0, 1]], Field(max_length=MAX_POINTS)]] = Field(
+        None, description="1 = on the object, 0 = not on it (default all 1)")
+    box: Optional[_vec(4, -MAX_SIDE, 2 * MAX_SIDE)] = Field(None, description="[x0, y0, x1, y1] pixels")
+    affinity: Optional[_in_range(float, -0.99, 0.99)] = Field(
+        None, description="feature cosine to the clicked feature a Gaussian needs (default 0.8)")
+
+
+class PromptRequest(PromptSpec):
+    with_ids: bool = Field(False, description="include the selected ids")
+
+
+class IdSelection(_Closed):
+    """Gaussians by index into the run's PLY."""
+
+    ids: Annotated[List[_in_range(int, 0, 2**62)], Field(max_length=MAX_IDS)]
+
+
+class PromptSelection(_Closed):
+    """The Gaussians a prompt picks."""
+
+    prompt: PromptSpec
+
+
+def _selection_form(value: Any) -> Optional[str]:
+    forms = [key for key in ("text", "ids", "prompt") if key in value] if isinstance(value, dict) else []
+    return f"selection{_TAG}{forms[0]}" if len(forms) == 1 else None
+
+
+SELECTION_HELP = "a selection: exactly one of {text, ...query options}, {ids: [...]} or {prompt: {camera, points, ...}}"
+Selection = Annotated[Union[Annotated[TextSelection, Tag(f"selection{_TAG}text")],
+                            Annotated[IdSelection, Tag(f"selection{_TAG}ids")],
+                            Annotated[PromptSelection, Tag(f"selection{_TAG}prompt")]],
+                      Discriminator(_selection_form, custom_error_type="selection", custom_error_message=SELECTION_HELP)]
+
+
+class SegmentRequest(_Closed):
+    camera: Camera
+    labels: Optional[Labels] = None
+
+
+class EditRequest(_Closed):
+    selection: Selection
+    op: Literal["delete", "extract", "recolor", "translate"]
+    rgb: Optional[_vec(3, 0, 1)] = Field(None, description="recolor: the new colour, three numbers in 0..1")
+    offset: Optional[_vec(3, -MAX_COORD, MAX_COORD)] = Field(None, description="translate: x, y, z in the run's frame")
+    name: Optional[EditName] = None
+    overwrite: bool = Field(False, description="replace an edit of the same name")
+
+
+class RenderRequest(_Closed):
+    camera: Camera
+    mode: Literal[RENDER_MODES] = "rgb"  # type: ignore[valid-type]
+    text: Optional[Text] = Field(None, description="relevancy and selection modes: the query")
+    negatives: Optional[Texts] = None
+    labels: Optional[Labels] = None
+
+
+class ErrorBody(BaseModel):
+    """What every answer other than 200 carries."""
+
+    error: str = Field(description="one line; for a bad request it starts with the field, e.g. body.text")
+    status: int = Field(description="the HTTP status again")
+
+
+# -- error messages ---------------------------------------------------------------------------
+
+_TYPES = {"string_type": "string", "int_type": "integer", "float_type": "number", "bool_type": "boolean",
+          "list_type": "array", "dict_type": "object", "model_type": "object", "model_attributes_type": "object"}
+
+
+def error_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """One line for the first of pydantic's ``errors`` (``ValidationError.errors()``): the
+    place, as ``body.camera.K[0][1]``, then what is wrong with it."""
+    error = errors[0]
+    loc = [part for part in error["loc"] if not (isinstance(part, str) and _TAG in part)]
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind == "missing":
+        if len(loc) <= 1:
+            return "body: a JSON object is required"
+        return f"{_where(loc[:-1])}: missing {loc[-1]!r}"
+    if kind == "extra_forbidden":
+        return f"{_where(loc[:-1])}: unknown field {loc[-1]!r} (GET /openapi.json lists the fields)"
+    if kind in _TYPES:
+        what = f"expected {_TYPES[kind]}, got {_json_type(value)}"
+    elif kind == "string_too_short":
+        what = "must not be empty"
+    elif kind == "string_too_long":
+        what = f"at most {ctx['max_length']} characters, got {len(value)}"
+    elif kind == "too_short":
+        what = f"expected at least {ctx['min_length']} items, got {ctx['actual_length']}"
+    elif kind == "too_long":
+        what = f"expected at most {ctx['max_length']} items, got {ctx.get('actual_length', 'more')}"
+    elif kind == "literal_error":  # pydantic writes "'a', 'b' or 'c'"
+        what = f"expected one of {', '.join(str(ctx['expected']).rsplit(' or ', 1))}, got {value!r:.60}"
+    else:  # featgs's own (range, blank, camera, selection, edit_name) and anything else pydantic says
+        what = str(error["msg"])
+    return f"{_where(loc)}: {what}"
+
+
+def _where(loc: Sequence[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "body"
+
+
+def _json_type(value: Any) -> str:
     return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object",
             type(None): "null"}.get(type(value), type(value).__name__)
-
-
-# -- building blocks --------------------------------------------------------------------------
-
-def _vec(n: int, lo: float = -math.inf, hi: float = math.inf, description: str = "") -> dict:
-    item: Dict[str, Any] = {"type": "number"}
-    if math.isfinite(lo):
-        item["minimum"] = lo
-    if math.isfinite(hi):
-        item["maximum"] = hi
-    out = {"type": "array", "items": item, "minItems": n, "maxItems": n}
-    if description:
-        out["description"] = description
-    return out
-
-
-def _matrix(rows: int, cols: int, bound: float) -> dict:
-    return {"type": "array", "items": _vec(cols, -bound, bound), "minItems": rows, "maxItems": rows}
-
-
-TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
-
-CAMERA = {
-    "description": "a camera: either {view, split} (one of the run's views) or {width, height, K, camtoworld, "
-                   "frame} (OpenCV: x right, y down, z forward; K in pixels; the pose in the run's frame, or with "
-                   "frame 'dataset' in the frame of the dataset's own camera poses)",
-    "oneOf": [
-        {"type": "object", "additionalProperties": False, "required": ["view"],
-         "properties": {"view": {"type": "integer", "minimum": 0, "maximum": 1_000_000, "description": "view index"},
-                        "split": {"type": "string", "enum": ["test", "train"], "description": "default test"}}},
-        {"type": "object", "additionalProperties": False, "required": ["width", "height", "K", "camtoworld"],
-         "properties": {"width": {"type": "integer", "minimum": 1, "maximum": MAX_SIDE},
-                        "height": {"type": "integer", "minimum": 1, "maximum": MAX_SIDE},
-                        "K": _matrix(3, 3, 1e6), "camtoworld": _matrix(4, 4, 1e6),
-                        "frame": {"type": "string", "enum": ["run", "dataset"], "description": "default run"}}},
-    ],
-}
-
-QUERY_OPTIONS = {
-    "text": TEXT,
-    "negatives": {"type": "array", "items": TEXT, "maxItems": MAX_NEGATIVES,
-                  "description": "phrases the text competes against (default: object, things, stuff, texture; [] = cosine)"},
-    "rule": {"type": "string", "enum": list(RULES), "description": "threshold rule (default auto)"},
-    "threshold": {"type": "number", "description": "the rule's parameter (see featgs query --help)"},
-    "clean": {"type": "boolean", "description": "drop floaters and add the Gaussians the selection hides (default true)"},
-}
-
-QUERY = {"type": "object", "additionalProperties": False, "required": ["text"],
-         "properties": {**QUERY_OPTIONS, "with_ids": {"type": "boolean", "description": "include the selected ids"}}}
-
-PROMPT_FIELDS = {
-    "camera": CAMERA,
-    "points": {"type": "array", "items": _vec(2, 0, MAX_SIDE), "maxItems": MAX_POINTS,
-               "description": "clicked pixels [[x, y], ...] (x right, y down)"},
-    "point_labels": {"type": "array", "items": {"type": "integer", "enum": [0, 1]}, "maxItems": MAX_POINTS,
-                     "description": "1 = on the object, 0 = not on it (default all 1)"},
-    "box": _vec(4, -MAX_SIDE, 2 * MAX_SIDE, "[x0, y0, x1, y1] pixels"),
-    "affinity": {"type": "number", "minimum": -0.99, "maximum": 0.99,
-                 "description": "feature cosine to the clicked feature a Gaussian needs (default 0.8)"},
-}
-
-PROMPT = {"type": "object", "additionalProperties": False, "required": ["camera"],
-          "properties": {**PROMPT_FIELDS, "with_ids": {"type": "boolean"}}}
-
-SELECTION = {
-    "description": "a selection: {text, ...query options}, {ids: [...]}, or {prompt: {camera, points, ...}}",
-    "oneOf": [
-        {"type": "object", "additionalProperties": False, "required": ["text"], "properties": QUERY_OPTIONS},
-        {"type": "object", "additionalProperties": False, "required": ["ids"],
-         "properties": {"ids": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 2**62},
-                                "maxItems": MAX_IDS}}},
-        {"type": "object", "additionalProperties": False, "required": ["prompt"],
-         "properties": {"prompt": {"type": "object", "additionalProperties": False, "required": ["camera"],
-                                   "properties": PROMPT_FIELDS}}},
-    ],
-}
-
-EDIT_NAME = {"type": "string", "minLength": 1, "maxLength": 64,
-             "description": "save as RUN/edits/NAME.ply (letters, digits, '_' and '-'; starts with a letter or digit); "
-                            "without a name the PLY comes back as the response body"}
-
-EDIT = {"type": "object", "additionalProperties": False, "required": ["selection", "op"],
-        "properties": {"selection": SELECTION,
-                       "op": {"type": "string", "enum": ["delete", "extract", "recolor", "translate"]},
-                       "rgb": _vec(3, 0, 1, "recolor: the new colour, three numbers in 0..1"),
-                       "offset": _vec(3, -1e6, 1e6, "translate: x, y, z in the run's frame"),
-                       "name": EDIT_NAME,
-                       "overwrite": {"type": "boolean", "description": "replace an edit of the same name"}}}
-
-SEGMENT = {"type": "object", "additionalProperties": False, "required": ["camera"],
-           "properties": {"camera": CAMERA,
-                          "labels": {"type": "array", "items": TEXT, "minItems": 1, "maxItems": MAX_LABELS,
-                                     "description": "label texts (default: the run's label names)"}}}
-
-RENDER = {"type": "object", "additionalProperties": False, "required": ["camera"],
-          "properties": {"camera": CAMERA,
-                         "mode": {"type": "string", "enum": list(RENDER_MODES), "description": "default rgb"},
-                         "text": {**TEXT, "description": "relevancy and selection modes: the query"},
-                         "negatives": QUERY_OPTIONS["negatives"],
-                         "labels": SEGMENT["properties"]["labels"]}}
-
-REQUESTS = {"/query": QUERY, "/segment": SEGMENT, "/prompt": PROMPT, "/edit": EDIT, "/render": RENDER}
-
-
-def _json_response(description: str, example: dict) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": {"type": "object"}, "example": example}}}
-
-
-BINARY = {"type": "string", "format": "binary"}
-
-ERROR = _json_response("bad request: the message names the field", {"error": "body.text: must not be empty"})
-
-SELECTION_EXAMPLE = {"num_selected": 253, "num_gaussians": 52523, "bbox": [[-0.15, -0.17, -0.47], [-0.07, -0.12, -0.39]],
-                     "centroid": [-0.11, -0.15, -0.43], "threshold": 0.5, "rule": "labels", "text": "red mug",
-                     "dataset_frame": {"bbox": [[-0.23, -0.26, 0.72], [-0.11, -0.19, 0.84]],
-                                       "centroid": [-0.18, -0.22, 0.79]}}
-
-
-def openapi(title: str, version: str) -> dict:
-    """The OpenAPI 3.1 document of the server."""
-    post = {
-        "/query": ("Select the Gaussians a text names", _json_response("the selection", SELECTION_EXAMPLE)),
-        "/segment": ("Label every pixel of a view with the most similar label text",
-                     _json_response("labels, per-label pixel counts, and the label map as a base64 8-bit PNG of indices",
-                                    {"labels": ["table", "red mug"], "width": 128, "height": 128, "counts": [9000, 384],
-                                     "label_map_png": "iVBORw0..."})),
-        "/prompt": ("Segment the object at clicked points or in a box",
-                    _json_response("the mask (base64 PNG, 255 = inside) and the 3D selection",
-                                   {"mask_png": "iVBORw0...", "mask_area": 384, "selection": SELECTION_EXAMPLE})),
-        "/edit": ("Delete, extract, recolour or move a selection",
-                  {"description": "with a name: where it was saved; without: the PLY itself",
-                   "content": {"application/json": {"example": {"saved": "edits/no_mug.ply", "num_gaussians": 52270,
-                                                                "selection": SELECTION_EXAMPLE}},
-                               "application/octet-stream": {"schema": BINARY}}}),
-        "/render": ("Render a view as a PNG",
-                    {"description": "the picture", "content": {"image/png": {"schema": BINARY}}}),
-    }
-    paths: Dict[str, Any] = {
-        "/health": {"get": {"summary": "Liveness and what the run holds",
-                            "responses": {"200": _json_response("ok", {"status": "ok", "num_gaussians": 52523})}}},
-        "/views": {"get": {"summary": "The run's views (for {view, split} cameras)",
-                           "responses": {"200": _json_response("views", {"test": [{"view": 0, "name": "test_0000",
-                                                                                    "width": 128, "height": 128}]})}}},
-        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
-    }
-    for path, (summary, ok) in post.items():
-        paths[path] = {"post": {"summary": summary,
-                                "requestBody": {"required": True,
-                                                "content": {"application/json": {"schema": REQUESTS[path]}}},
-                                "responses": {"200": ok, "400": ERROR, "404": ERROR, "413": ERROR}}}
-    return {"openapi": "3.1.0", "info": {"title": title, "version": version}, "paths": paths}

@@ -1,354 +1,282 @@
-"""A CLIP ViT with open_clip's architecture and parameter names, and its dense (MaskCLIP) path.
+"""open_clip models for the clip teacher: the architecture, the user's weights, dense features, text.
 
-featgs builds the model itself instead of importing ``open_clip``: every open_clip module
-imports torchvision, which has no CPU build on the registries this project installs from
-(and whose CUDA build breaks ``transformers`` beside a CPU torch). The modules below have the
-names and shapes of open_clip's ``CLIP`` (``visual.conv1``, ``visual.transformer.resblocks.0
-.attn.in_proj_weight``, ``token_embedding``, ``text_projection``, ...), so an open_clip
-checkpoint (its state dict, .bin/.pt/.safetensors) loads with every key and shape checked.
+The architecture (``--clip-model``) is one of open_clip's model names (``open_clip.list_models()``),
+the path of an open_clip JSON model config (registered with ``open_clip.add_model_config``: its
+file stem becomes its name), or a folder holding an ``open_clip_config.json`` as open_clip's
+Hugging Face repositories do (open_clip's ``local-dir:`` schema: the model config, its
+preprocessing and, for Hugging Face text towers, the tokenizer files). open_clip builds the
+model with no weights of its own; the weights come from the user's checkpoint, read by
+:func:`~featgs.teachers.checkpoint.read_state_dict` (tensors only) and loaded with every key and
+shape checked.
 
-Architectures are open_clip model configs: the standard ViT names are built in
-(:data:`CLIP_MODELS`), and any open_clip JSON config file (the format of open_clip's
-``model_configs/*.json``) can be given by path, which is also how the tests build a tiny
-model. Configs that need other code (timm or Hugging Face towers, ResNets, attentional
-pooling, custom attention blocks) are refused by name.
-
-Dense features follow MaskCLIP: in the last transformer block, each patch token takes only
-the value path of the attention, ``out_proj(v_proj(ln_1(x)))``, with no query-key mixing, no
-residual and no MLP, then ``ln_post`` and ``proj`` as the pooled token would; the result
-lives in the same space as the text embeddings.
+Dense features follow MaskCLIP on open_clip's own modules. For a ViT tower (open_clip's
+``VisionTransformer``) the patch tokens go through the patch embedding, the positional
+embedding (resized to the input's grid), ``ln_pre`` and every block but the last; in the last
+block each token takes only the value path of the attention, ``out_proj(v_proj(ln_1(x)))``
+(attention to itself alone: no query-key mixing), with no residual and no MLP, then ``ln_post``
+and ``proj`` as the pooled token would, which puts it in the space of the text embeddings. For
+a ConvNeXt tower (timm's, in open_clip's ``TimmModel``) each cell of the trunk's last feature
+map goes through the head that would have pooled the map (timm's head, then open_clip's
+projection), as if it were the whole map. Other towers (ResNets, timm ViTs such as SigLIP's
+and EVA's, attentional poolers) are refused with a one-line error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
-from collections import OrderedDict
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
+import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.convert import convert_state_dict
+from open_clip.model import convert_to_custom_text_state_dict
+from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+from open_clip.timm_model import TimmModel
+from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
+from open_clip.transformer import CustomResidualAttentionBlock, ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
 from featgs.errors import FeatgsError
 from featgs.teachers.checkpoint import load_strict, read_state_dict
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def _vit(embed_dim: int, image: int, layers: int, width: int, patch: int, text_width: int, text_heads: int,
-         text_layers: int, head_width: int = 64, mlp_ratio: float = 4.0) -> dict[str, Any]:
-    vision = {"image_size": image, "layers": layers, "width": width, "patch_size": patch,
-              "head_width": head_width, "mlp_ratio": mlp_ratio}
-    text = {"context_length": 77, "vocab_size": 49408, "width": text_width, "heads": text_heads, "layers": text_layers}
-    return {"embed_dim": embed_dim, "vision_cfg": vision, "text_cfg": text}
-
-
-# open_clip's configs of the standard CLIP ViTs; "<name>-quickgelu" variants are derived.
-CLIP_MODELS: dict[str, dict[str, Any]] = {
-    "ViT-B-32": _vit(512, 224, 12, 768, 32, 512, 8, 12),
-    "ViT-B-16": _vit(512, 224, 12, 768, 16, 512, 8, 12),
-    "ViT-L-14": _vit(768, 224, 24, 1024, 14, 768, 12, 12),
-    "ViT-L-14-336": _vit(768, 336, 24, 1024, 14, 768, 12, 12),
-    "ViT-H-14": _vit(1024, 224, 32, 1280, 14, 1024, 16, 24, head_width=80),
-    "ViT-g-14": _vit(1024, 224, 40, 1408, 14, 1024, 16, 24, head_width=88, mlp_ratio=4.3637),
-    "ViT-bigG-14": _vit(1280, 224, 48, 1664, 14, 1280, 20, 32, head_width=104, mlp_ratio=4.9231),
-}
-
-# Config fields that do not change the inference-time architecture, or that it implements.
-_TOP_FIELDS = {"embed_dim", "quick_gelu", "vision_cfg", "text_cfg", "init_logit_bias", "init_logit_scale",
-               "custom_text", "nonscalar_logit_scale", "preprocess_cfg"}
-_VISION_FIELDS = {"image_size", "layers", "width", "head_width", "mlp_ratio", "patch_size", "ls_init_value",
-                  "patch_dropout", "no_ln_pre", "pos_embed_type", "final_ln_after_pool", "pool_type",
-                  "output_tokens"}
-_TEXT_FIELDS = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio", "ls_init_value",
-                "pad_id", "eos_id", "no_causal_mask", "pool_type", "proj_bias", "proj_type", "output_tokens",
-                "final_ln_after_pool", "embed_cls"}
+HUB_CONFIG = "open_clip_config.json"  # open_clip's config file in a Hugging Face repository
+LIST_MODELS = "python -c 'import open_clip; print(open_clip.list_models())'"
 
 
 @dataclass(frozen=True)
-class ClipArch:
-    """The parts of an open_clip config that fix the architecture featgs builds.
+class ClipSpec:
+    """An architecture the user named, resolved without building it.
 
     Attributes:
-        name: registry name or config file stem.
-        embed_dim: E, the shared image-text embedding dimension (the teacher's D).
-        image_size, patch_size: the native input side and the patch side, in pixels.
-        mean, std: per-channel input normalisation on 0..1 pixels.
+        name: the open_clip name, or the config file's stem, or the folder's name.
+        source: what open_clip's ``create_model`` and ``get_tokenizer`` take: the name, or
+            "local-dir:FOLDER".
+        config: open_clip's model config (embed_dim, vision_cfg, text_cfg).
+        config_file: a config file to register with open_clip before each use, or None.
     """
 
     name: str
-    embed_dim: int
-    image_size: int
-    patch_size: int
-    vision_width: int
-    vision_layers: int
-    vision_heads: int
-    vision_mlp_ratio: float
-    vision_layer_scale: bool
-    ln_pre: bool
-    context_length: int
-    vocab_size: int
-    text_width: int
-    text_heads: int
-    text_layers: int
-    text_mlp_ratio: float
-    text_layer_scale: bool
-    causal: bool
-    text_pool: str
-    eos_id: int
-    text_proj: str  # "parameter", "linear" (with bias) or "none"
-    quick_gelu: bool
-    logit_bias: bool
-    logit_scale_shape: tuple[int, ...]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    source: str
+    config: dict
+    config_file: Optional[Path] = None
 
     @property
-    def grid(self) -> int:
-        """Patches per side at the native input size."""
-        return self.image_size // self.patch_size
+    def embed_dim(self) -> int:
+        """E, the shared image-text embedding dimension."""
+        return int(self.config["embed_dim"])
+
+    def register(self) -> None:
+        """Make ``name`` mean this config in open_clip's registry. Repeated before each use: the
+        latest registration of a file stem wins there, and other teachers may register theirs."""
+        if self.config_file is not None:
+            open_clip.add_model_config(self.config_file)
 
 
-def clip_arch(model: str) -> ClipArch:
-    """The architecture named ``model``: a built-in name, "<name>-quickgelu", or the path of
-    an open_clip JSON model config."""
-    if model.endswith(".json") or Path(model).is_file():
-        path = Path(model)
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise FeatgsError(f"{path}: unreadable open_clip model config ({e.__class__.__name__})") from None
-        return _arch(path.stem, config, str(path))
-    base, quick = (model[: -len("-quickgelu")], True) if model.endswith("-quickgelu") else (model, False)
-    if base not in CLIP_MODELS:
-        raise FeatgsError(f"--clip-model: unknown CLIP model {model!r}; expected one of "
-                          f"{', '.join(CLIP_MODELS)} (optionally -quickgelu) or an open_clip JSON config path")
-    return _arch(model, {**CLIP_MODELS[base], "quick_gelu": quick}, model)
+def resolve(model: str) -> ClipSpec:
+    """``--clip-model``: an open_clip model name, a JSON model config file, or a folder with an
+    open_clip_config.json (or that file itself); a one-line error for anything else."""
+    if model.startswith("hf-hub:"):
+        raise FeatgsError(f"--clip-model {model}: featgs does not download models; download the repository "
+                          f"and give its folder (with {HUB_CONFIG}) and --clip-checkpoint")
+    path = Path(model.removeprefix("local-dir:"))
+    if path.name == HUB_CONFIG and path.is_file():
+        path = path.parent
+    if path.is_dir():
+        full = _read_json(path / HUB_CONFIG, f"a folder with {HUB_CONFIG}")
+        config = full.get("model_cfg")
+        if not _is_model_config(config):
+            raise FeatgsError(f"{path / HUB_CONFIG}: not an open_clip config (needs model_cfg with embed_dim, "
+                              f"vision_cfg and text_cfg)")
+        return ClipSpec(path.resolve().name, f"local-dir:{path.resolve()}", config)
+    if path.suffix == ".json" or path.is_file():
+        config = _read_json(path, "open_clip model config")
+        if isinstance(config, dict) and "model_cfg" in config:
+            raise FeatgsError(f"{path}: a Hugging Face repository's open_clip config: give the folder that holds it "
+                              f"as {HUB_CONFIG}")
+        if not _is_model_config(config):
+            raise FeatgsError(f"{path}: not an open_clip model config (needs embed_dim, vision_cfg and text_cfg)")
+        registered = open_clip.get_model_config(path.stem)
+        if registered is not None and registered != config:
+            raise FeatgsError(f"{path}: open_clip already has another model named {path.stem!r}; rename the file")
+        return ClipSpec(path.stem, path.stem, config, path.resolve())
+    config = open_clip.get_model_config(model)
+    if config is None:
+        raise FeatgsError(f"--clip-model: unknown open_clip model {model!r} ({LIST_MODELS} lists them); or give "
+                          f"the path of an open_clip JSON model config")
+    return ClipSpec(model, model, config)
 
 
-def _arch(name: str, config: Any, source: str) -> ClipArch:
-    def fields(d: Any, allowed: set, where: str) -> dict:
-        if not isinstance(d, dict):
-            raise FeatgsError(f"{source}: {where} must be a JSON object")
-        extra = sorted(k for k, v in d.items() if k not in allowed and v not in (None, False, 0, "", {}, []))
-        if extra:
-            raise FeatgsError(f"{source}: {where} field {extra[0]!r} is not supported by featgs's CLIP "
-                              f"(a plain ViT with a transformer text tower)")
-        return d
-
-    top = fields(config, _TOP_FIELDS, "config")
-    vision = fields(top.get("vision_cfg"), _VISION_FIELDS, "vision_cfg")
-    text = fields(top.get("text_cfg"), _TEXT_FIELDS, "text_cfg")
-    if text.get("embed_cls"):
-        raise FeatgsError(f"{source}: text_cfg field 'embed_cls' (CoCa) is not supported by featgs's CLIP")
-    size, patch, layers = vision.get("image_size", 224), vision.get("patch_size", 16), vision.get("layers", 12)
-    if isinstance(size, (list, tuple)):
-        if len(set(size)) != 1:
-            raise FeatgsError(f"{source}: only square vision_cfg.image_size is supported, got {size}")
-        size = size[0]
-    if not isinstance(layers, int):
-        raise FeatgsError(f"{source}: vision_cfg.layers {layers!r} is a ResNet; featgs's CLIP needs a ViT")
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise FeatgsError(f"{path}: no such {what} file")
     try:
-        width = int(vision.get("width", 768))
-        pool = text.get("pool_type", "argmax")
-        proj_type = text.get("proj_type", "linear")
-        if pool not in ("argmax", "first", "last", "eos") or proj_type not in ("linear", "none"):
-            raise ValueError
-        pre = top.get("preprocess_cfg") or {}
-        return ClipArch(
-            name=name,
-            embed_dim=int(top["embed_dim"]),
-            image_size=int(size),
-            patch_size=int(patch),
-            vision_width=width,
-            vision_layers=layers,
-            vision_heads=width // int(vision.get("head_width", 64)),
-            vision_mlp_ratio=float(vision.get("mlp_ratio", 4.0)),
-            vision_layer_scale=vision.get("ls_init_value") is not None,
-            ln_pre=not vision.get("no_ln_pre", False),
-            context_length=int(text.get("context_length", 77)),
-            vocab_size=int(text.get("vocab_size", 49408)),
-            text_width=int(text.get("width", 512)),
-            text_heads=int(text.get("heads", 8)),
-            text_layers=int(text.get("layers", 12)),
-            text_mlp_ratio=float(text.get("mlp_ratio", 4.0)),
-            text_layer_scale=text.get("ls_init_value") is not None,
-            causal=not text.get("no_causal_mask", False),
-            text_pool=pool,
-            eos_id=int(text.get("eos_id", 2)),
-            text_proj="none" if proj_type == "none" else ("linear" if text.get("proj_bias") else "parameter"),
-            quick_gelu=bool(top.get("quick_gelu", False)),
-            logit_bias=top.get("init_logit_bias") is not None,
-            logit_scale_shape=(1,) if top.get("nonscalar_logit_scale") else (),
-            mean=tuple(float(x) for x in pre.get("mean", OPENAI_MEAN)),
-            std=tuple(float(x) for x in pre.get("std", OPENAI_STD)),
-        )
-    except (KeyError, TypeError, ValueError):
-        raise FeatgsError(f"{source}: not an open_clip model config (needs embed_dim, vision_cfg, text_cfg "
-                          f"with a supported pool_type and proj_type)") from None
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise FeatgsError(f"{path}: unreadable {what} ({e.__class__.__name__})") from None
 
 
-class _QuickGELU(nn.Module):
-    """The sigmoid GELU approximation that OpenAI's CLIP weights were trained with."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
+def _is_model_config(config: Any) -> bool:
+    return isinstance(config, dict) and all(k in config for k in ("embed_dim", "vision_cfg", "text_cfg"))
 
 
-class _LayerScale(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.gamma
-
-
-class _Block(nn.Module):
-    """Pre-norm residual attention block (open_clip's ``ResidualAttentionBlock``)."""
-
-    def __init__(self, width: int, heads: int, mlp_ratio: float, layer_scale: bool, quick_gelu: bool):
-        super().__init__()
-        hidden = int(width * mlp_ratio)
-        self.ln_1 = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.ls_1 = _LayerScale(width) if layer_scale else nn.Identity()
-        self.ln_2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, hidden)),
-            ("gelu", _QuickGELU() if quick_gelu else nn.GELU()),
-            ("c_proj", nn.Linear(hidden, width)),
-        ]))
-        self.ls_2 = _LayerScale(width) if layer_scale else nn.Identity()
-
-    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
-        y = self.ln_1(x)
-        x = x + self.ls_1(self.attn(y, y, y, need_weights=False, attn_mask=attn_mask)[0])
-        return x + self.ls_2(self.mlp(self.ln_2(x)))
-
-    def value_path(self, x: Tensor) -> Tensor:
-        """MaskCLIP: the attention branch with every token attending only to itself."""
-        width = x.shape[-1]
-        y = self.ln_1(x)
-        v = F.linear(y, self.attn.in_proj_weight[2 * width:], self.attn.in_proj_bias[2 * width:])
-        return self.ls_1(self.attn.out_proj(v))
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """open_clip logs "No pretrained weights loaded ... initialized randomly" on building a model
+    without weights: here the user's weights are loaded right after, so the warning is silenced."""
+    level = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(level)
 
 
-class _Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float, layer_scale: bool, quick_gelu: bool):
-        super().__init__()
-        self.resblocks = nn.ModuleList(
-            [_Block(width, heads, mlp_ratio, layer_scale, quick_gelu) for _ in range(layers)])
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{e.__class__.__name__}: {text[0][:200].rstrip('.')}" if text else e.__class__.__name__
 
 
-class _Visual(nn.Module):
-    def __init__(self, a: ClipArch):
-        super().__init__()
-        w = a.vision_width
-        self.conv1 = nn.Conv2d(3, w, kernel_size=a.patch_size, stride=a.patch_size, bias=False)
-        self.class_embedding = nn.Parameter(torch.zeros(w))
-        self.positional_embedding = nn.Parameter(torch.zeros(a.grid * a.grid + 1, w))
-        self.ln_pre = nn.LayerNorm(w) if a.ln_pre else nn.Identity()
-        self.transformer = _Transformer(w, a.vision_layers, a.vision_heads, a.vision_mlp_ratio,
-                                        a.vision_layer_scale, a.quick_gelu)
-        self.ln_post = nn.LayerNorm(w)
-        self.proj = nn.Parameter(torch.zeros(w, a.embed_dim))
+def load(spec: ClipSpec, checkpoint: Path, device: torch.device) -> nn.Module:
+    """open_clip's model of ``spec`` with the checkpoint's weights, on ``device``, in eval mode.
 
-
-class ClipModel(nn.Module):
-    """open_clip's ``CLIP`` for a ViT with a transformer text tower (same state-dict keys).
-
-    Use :func:`random_clip` or :func:`load_clip` to make one; :meth:`dense_features` and
-    :meth:`encode_text` are what the teacher needs.
+    The checkpoint may be any layout open_clip's ``load_checkpoint`` takes ("state_dict"
+    wrapper, "module." prefix, the text tower at the top level or under "text."); unlike it,
+    positional embeddings of another size are refused, not resized (that is another model).
     """
-
-    def __init__(self, arch: ClipArch):
-        super().__init__()
-        a = self.arch = arch
-        self.visual = _Visual(a)
-        self.transformer = _Transformer(a.text_width, a.text_layers, a.text_heads, a.text_mlp_ratio,
-                                        a.text_layer_scale, a.quick_gelu)
-        self.token_embedding = nn.Embedding(a.vocab_size, a.text_width)
-        self.positional_embedding = nn.Parameter(torch.zeros(a.context_length, a.text_width))
-        self.ln_final = nn.LayerNorm(a.text_width)
-        if a.text_proj == "linear":
-            self.text_projection = nn.Linear(a.text_width, a.embed_dim)
-        elif a.text_proj == "parameter":
-            self.text_projection = nn.Parameter(torch.zeros(a.text_width, a.embed_dim))
-        else:
-            self.text_projection = None
-        self.logit_scale = nn.Parameter(torch.full(a.logit_scale_shape, math.log(1 / 0.07)))
-        if a.logit_bias:
-            self.logit_bias = nn.Parameter(torch.zeros(a.logit_scale_shape))
-        mask = torch.full((a.context_length, a.context_length), float("-inf")).triu_(1) if a.causal else None
-        self.register_buffer("attn_mask", mask, persistent=False)
-
-    def dense_features(self, images: Tensor) -> Tensor:
-        """[B, 3, h, w] normalised images (h, w multiples of the patch) -> [B, E, h/p, w/p].
-
-        The positional embedding is resized (bicubic) from the native grid to the input's.
-        """
-        v, a = self.visual, self.arch
-        patches = v.conv1(images.to(v.conv1.weight.dtype))
-        b, c, gh, gw = patches.shape
-        pos = v.positional_embedding
-        grid = pos[1:].reshape(1, a.grid, a.grid, c).permute(0, 3, 1, 2)
-        if (gh, gw) != (a.grid, a.grid):
-            grid = F.interpolate(grid.float(), size=(gh, gw), mode="bicubic", align_corners=False,
-                                 antialias=gh < a.grid or gw < a.grid).to(pos.dtype)
-        x = torch.cat([v.class_embedding.expand(b, 1, c), patches.flatten(2).transpose(1, 2)], dim=1)
-        x = x + torch.cat([pos[:1], grid.flatten(2)[0].T])
-        x = v.ln_pre(x)
-        blocks = v.transformer.resblocks
-        for block in blocks[:-1]:
-            x = block(x)
-        tokens = v.ln_post(blocks[-1].value_path(x)[:, 1:]) @ v.proj
-        return tokens.transpose(1, 2).reshape(b, -1, gh, gw)
-
-    def encode_text(self, tokens: Tensor) -> Tensor:
-        """[n, context_length] token ids -> [n, E] text embeddings (not normalised)."""
-        x = self.token_embedding(tokens) + self.positional_embedding
-        for block in self.transformer.resblocks:
-            x = block(x, attn_mask=self.attn_mask)
-        x = self.ln_final(x)
-        rows = torch.arange(len(tokens), device=tokens.device)
-        pool = self.arch.text_pool
-        if pool == "argmax":  # the end-of-text token has the largest id
-            x = x[rows, tokens.argmax(-1)]
-        elif pool == "eos":
-            x = x[rows, (tokens == self.arch.eos_id).int().argmax(-1)]
-        else:
-            x = x[:, 0] if pool == "first" else x[:, -1]
-        if isinstance(self.text_projection, nn.Linear):
-            return self.text_projection(x)
-        return x if self.text_projection is None else x @ self.text_projection
-
-
-def random_clip(arch: ClipArch, seed: int = 0) -> ClipModel:
-    """A model with small random weights (tests and benchmarks: no weights are downloaded)."""
-    model = ClipModel(arch)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight", "ln_final.weight",
-                              "gamma")):
-                p.fill_(1.0)
-            elif name != "logit_scale":
-                p.copy_(torch.randn(p.shape, generator=gen) * (p.shape[-1] ** -0.5 if p.dim() > 1 else 0.02))
-    return model.eval()
-
-
-def load_clip(checkpoint: Path, arch: ClipArch, device: torch.device) -> ClipModel:
-    """The model of ``arch`` with an open_clip checkpoint's weights, on ``device``, in eval mode."""
-    state = {}
-    for key, value in read_state_dict(checkpoint).items():
-        # CustomTextCLIP keeps the text tower under "text."; CLIP has it at the top level.
-        state[key.removeprefix("text.")] = value
-    state.pop("attn_mask", None)  # a buffer some exports keep
-    model = ClipModel(arch)
-    load_strict(model, state, checkpoint, f"CLIP {arch.name}")
+    spec.register()
+    try:
+        with _quiet_logging():
+            model = open_clip.create_model(spec.source, load_weights=False, pretrained_image=False,
+                                           pretrained_text=False, force_preprocess_cfg=_normalisation(spec))
+    except Exception as e:  # a config open_clip cannot build: whatever it raises, one line
+        raise FeatgsError(f"--clip-model {spec.name}: open_clip cannot build it ({_first_line(e)})") from None
+    load_strict(model, _open_clip_layout(model, read_state_dict(checkpoint)), checkpoint, f"CLIP {spec.name}")
     return model.to(device).eval()
+
+
+def _normalisation(spec: ClipSpec) -> Optional[dict]:
+    """The input mean and std that every pretrained tag of an open_clip model name agrees on.
+
+    open_clip takes them from the tag when it downloads the weights; from a file it would use
+    its default, OpenAI's, which is wrong for e.g. SigLIP (0.5). Where tags disagree (ViT-L-14)
+    or there are none, open_clip's default stands; a folder's open_clip_config.json brings its own.
+    """
+    if spec.source.startswith("local-dir:"):
+        return None
+    norms = set()
+    for tag in list_pretrained_tags_by_model(spec.name):
+        cfg = get_pretrained_cfg(spec.name, tag)
+        norms.add((tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)),
+                   tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))))
+    if len(norms) != 1:
+        return None
+    ((mean, std),) = norms
+    return {"mean": mean, "std": std}
+
+
+def _open_clip_layout(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The state dict in ``model``'s key layout, by open_clip's own conversions."""
+    state = convert_state_dict(model, state)  # third-party layouts (Apple's MobileCLIP)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)  # text tower at the top level -> under "text."
+    for key in ("logit_scale", "logit_bias"):  # a scalar saved as [1] or the other way round
+        own = getattr(model, key, None)
+        if key in state and own is not None and state[key].numel() == own.numel():
+            state[key] = state[key].reshape(own.shape)
+    # buffers the model rebuilds (the text causal mask, Hugging Face position ids) that some exports keep
+    rebuilt = {name for name, _ in model.named_buffers()} - set(model.state_dict())
+    return {k: v for k, v in state.items() if k not in rebuilt}
+
+
+def dense_geometry(visual: nn.Module, name: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((sh, sw), (nh, nw)): the pixels per feature cell and the cells of the native input, or a
+    one-line error for a tower without a dense path."""
+    blocks = (ResidualAttentionBlock, CustomResidualAttentionBlock)  # whose value path _value_path knows
+    if isinstance(visual, VisionTransformer) and visual.attn_pool is None and all(
+            isinstance(b, blocks) for b in visual.transformer.resblocks):
+        return tuple(visual.patch_size), tuple(visual.grid_size)
+    if isinstance(visual, TimmModel):
+        from timm.models.convnext import ConvNeXt  # timm is there: it built the tower
+
+        if isinstance(visual.trunk, ConvNeXt) and "pool" not in visual.head:  # no attention pooling in the head
+            stride = int(visual.trunk.feature_info[-1]["reduction"])
+            return (stride, stride), (visual.image_size[0] // stride, visual.image_size[1] // stride)
+    tower = type(getattr(visual, "trunk", visual))
+    raise FeatgsError(f"--clip-model {name}: dense features need a ViT or ConvNeXt vision tower "
+                      f"(open_clip's VisionTransformer without attentional pooling, or timm's ConvNeXt), not "
+                      f"{tower.__module__}.{tower.__name__}")
+
+
+def dense_features(visual: nn.Module, images: Tensor) -> Tensor:
+    """[B, 3, h, w] normalised images (h, w multiples of the cell size) -> [B, E, h/sh, w/sw].
+
+    ``visual`` is a tower that :func:`dense_geometry` accepts.
+    """
+    if isinstance(visual, TimmModel):
+        maps = visual.trunk.forward_features(images)
+        b, c, gh, gw = maps.shape
+        # each cell as a 1 x 1 map: the head's global pool keeps it, its norm and projection apply
+        cells = visual.head(visual.trunk.forward_head(maps.permute(0, 2, 3, 1).reshape(-1, c, 1, 1)))
+        return cells.view(b, gh, gw, -1).permute(0, 3, 1, 2)
+    patches = visual.conv1(images.to(visual.conv1.weight.dtype))
+    b, c, gh, gw = patches.shape
+    nh, nw = visual.grid_size
+    pos = visual.positional_embedding
+    grid = pos[1:].reshape(1, nh, nw, c).permute(0, 3, 1, 2)
+    if (gh, gw) != (nh, nw):
+        grid = F.interpolate(grid.float(), size=(gh, gw), mode="bicubic", align_corners=False,
+                             antialias=gh < nh or gw < nw).to(pos.dtype)
+    x = torch.cat([visual.class_embedding.view(1, 1, c).expand(b, 1, c), patches.flatten(2).transpose(1, 2)], dim=1)
+    x = visual.ln_pre(x + torch.cat([pos[:1], grid.flatten(2)[0].T]))
+    blocks = visual.transformer.resblocks
+    for block in blocks[:-1]:
+        x = block(x)
+    tokens = visual.ln_post(_value_path(blocks[-1], x)[:, 1:]) @ visual.proj
+    return tokens.transpose(1, 2).reshape(b, -1, gh, gw)
+
+
+def _value_path(block: nn.Module, x: Tensor) -> Tensor:
+    """MaskCLIP: the block's attention branch with every token attending only to itself."""
+    attn, width = block.attn, x.shape[-1]
+    bias = None if attn.in_proj_bias is None else attn.in_proj_bias[2 * width:]
+    v = F.linear(block.ln_1(x), attn.in_proj_weight[2 * width:], bias)
+    if isinstance(block, CustomResidualAttentionBlock):  # open_clip's Attention: head scale, inner norm
+        if attn.head_scale is not None:
+            v = (v.unflatten(-1, (attn.num_heads, -1)) * attn.head_scale.view(attn.num_heads, 1)).flatten(-2)
+        return block.ls_1(block.ln_attn(attn.out_proj(attn.ln_inner(v))))
+    return block.ls_1(attn.out_proj(v))
+
+
+def tokenizer(spec: ClipSpec, model: nn.Module, folder: Optional[Path]) -> Callable[[list[str]], Tensor]:
+    """Texts -> [n, context_length] token ids for ``model``'s text tower.
+
+    By default open_clip's tokenizer for the model (``get_tokenizer``): OpenAI's BPE vocabulary,
+    bundled with open_clip, or a Hugging Face tokenizer (SigLIP's and other Hugging Face text
+    towers'), which is taken from the Hugging Face cache or the model's folder only, never
+    downloaded. ``folder`` (--clip-tokenizer) replaces it: a local Hugging Face tokenizer folder,
+    or a BPE vocabulary (.txt.gz) for open_clip's ``SimpleTokenizer``.
+    """
+    text_cfg = spec.config.get("text_cfg", {})
+    kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
+    context_length = open_clip.get_model_tokenize_cfg(model).get("context_length")
+    try:
+        if folder is None:
+            spec.register()
+            offline = {"local_files_only": True} if text_cfg.get("hf_tokenizer_name") else {}
+            return open_clip.get_tokenizer(spec.source, context_length=context_length, **offline)
+        if folder.is_dir():
+            return HFTokenizer(str(folder), context_length=context_length,
+                               tokenizer_mode=text_cfg.get("tokenizer_mode"), **kwargs)
+        if folder.name.endswith(".gz") and folder.is_file():
+            return SimpleTokenizer(str(folder), context_length=context_length, **kwargs)
+    except Exception as e:  # files missing or of another kind, not in the cache: whatever it raises, one line
+        source = folder if folder is not None else text_cfg.get("hf_tokenizer_name") or "open_clip's"
+        raise FeatgsError(f"--clip-model {spec.name}: cannot load its tokenizer ({source}) from local files: "
+                          f"{_first_line(e)}; --clip-tokenizer FOLDER takes a Hugging Face tokenizer folder") from None
+    raise FeatgsError(f"--clip-tokenizer {folder}: expected a Hugging Face tokenizer folder or a BPE "
+                      f"vocabulary .txt.gz")

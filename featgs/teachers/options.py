@@ -25,11 +25,12 @@ def _f(default, help: str, **kw):
 class TeacherOptions:
     sam_checkpoint: Optional[str] = _f(None, "SAM checkpoint: the released .pth state dict or a .safetensors file")
     sam_model: Optional[str] = _f(None, "SAM size: vit_b, vit_l or vit_h (default: read off the checkpoint)")
-    clip_model: Optional[str] = _f(None, "CLIP architecture: an open_clip name (ViT-B-16, ViT-L-14, ...; "
-                                   "-quickgelu for OpenAI's weights) or an open_clip JSON model config file")
+    clip_model: Optional[str] = _f(None, "CLIP architecture: an open_clip model name (ViT-B-16, ViT-L-14, "
+                                   "convnext_base_w, ...; -quickgelu for OpenAI's weights), an open_clip JSON model "
+                                   "config file, or a folder with an open_clip_config.json")
     clip_checkpoint: Optional[str] = _f(None, "CLIP checkpoint: an open_clip state dict (.pt, .bin or .safetensors)")
-    clip_tokenizer: Optional[str] = _f(None, "CLIP BPE merges file (bpe_simple_vocab_16e6.txt.gz or merges.txt), "
-                                       "for text queries (default: the one beside the CLIP checkpoint)")
+    clip_tokenizer: Optional[str] = _f(None, "CLIP tokenizer for text queries: a local Hugging Face tokenizer folder "
+                                       "or a BPE vocabulary .txt.gz (default: open_clip's for the model)")
     clip_size: int = _f(448, "longest image side that CLIP sees, in pixels (larger: sliding windows)")
     clip_sharpen: Optional[str] = _f(None, "'sam': average the CLIP features inside SAM's automatic masks "
                                      "(needs --sam-checkpoint)", choices=["sam"])

@@ -1,10 +1,12 @@
-"""Point and box prompts on a SAM feature map, through SAM's prompt encoder and mask decoder.
+"""Point and box prompts on a SAM feature map, through segment-anything's ``SamPredictor``.
 
 The map need not come from SAM's image encoder: a SAM feature map rendered from the
 Gaussians at any resolution works the same way, which is how a click in the viewer becomes
 a mask. The map is laid out on SAM's 64 x 64 grid as the encoder would have produced it
-(see :func:`featgs.teachers.sam_model.pad_embedding`), prompts are moved into SAM's
-1024-pixel input frame, and the low-resolution masks come back at the image's size.
+(see :func:`featgs.teachers.sam_model.pad_embedding`) and set as the predictor's image
+features; the predictor moves the prompts into SAM's 1024-pixel input frame
+(``ResizeLongestSide``), runs the prompt encoder and mask decoder, and brings the masks back
+at the image's size.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import Tensor, nn
+from segment_anything import SamPredictor
+from segment_anything.modeling import Sam
+from torch import Tensor
 
 from featgs.errors import FeatgsError
 from featgs.teachers import sam_model
@@ -40,11 +44,10 @@ class SamPrompter:
     """SAM's prompt encoder and mask decoder, applied to a given (e.g. rendered) feature map.
 
     Args:
-        sam: segment-anything's ``Sam`` module (only its prompt encoder, mask decoder and
-            the encoder's input size are used).
+        sam: segment-anything's ``Sam`` module (its image encoder is not run).
     """
 
-    def __init__(self, sam: nn.Module):
+    def __init__(self, sam: Sam):
         self.sam = sam
 
     @classmethod
@@ -59,7 +62,7 @@ class SamPrompter:
 
     @property
     def device(self) -> torch.device:
-        return next(self.sam.parameters()).device
+        return self.sam.device
 
     @torch.no_grad()
     def predict(
@@ -93,28 +96,36 @@ class SamPrompter:
             raise FeatgsError("SAM prompts need at least one point or box")
         if (points is None) != (labels is None):
             raise FeatgsError("SAM point prompts need both points and labels")
-        dev = self.device
-        h, w = sam_model.input_size(H, W)
-        scale = sam_model.input_scale(H, W, dev)
-        box_input = None
         if boxes is not None:
-            boxes = torch.as_tensor(boxes, dtype=torch.float32, device=dev).reshape(-1, 4)
+            boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
             if not len(boxes):
                 raise FeatgsError("SAM prompts: boxes must be [b, 4] with b >= 1")
-            box_input = boxes * scale.repeat(2)
-        n_prompts = 1 if box_input is None else len(box_input)
-        point_input = None
         if points is not None:
-            points = torch.as_tensor(points, dtype=torch.float32, device=dev).reshape(-1, 2)
-            labels = torch.as_tensor(labels, dtype=torch.int64, device=dev).reshape(-1)
+            points = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
+            labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
             if len(points) != len(labels) or not len(points):
                 raise FeatgsError(f"SAM prompts: {len(points)} points but {len(labels)} labels")
-            point_input = ((points * scale).expand(n_prompts, -1, -1), labels.expand(n_prompts, -1))
-        embedding = sam_model.pad_embedding(features.to(dev), H, W)
-        logits, scores = sam_model.decode(self.sam, embedding, point_input, box_input, multimask)
-        masks = self.sam.postprocess_masks(logits, input_size=(h, w), original_size=(H, W))
-        return SamMasks(
-            masks=(masks > self.sam.mask_threshold).flatten(0, 1),
-            scores=scores.flatten(),
-            logits=logits.flatten(0, 1),
-        )
+        predictor = laid_out(self.sam, features, (H, W))
+        dev, size, frame = predictor.device, predictor.original_size, predictor.transform
+        box_input = None if boxes is None else frame.apply_boxes_torch(boxes.to(dev), size)
+        n_prompts = 1 if box_input is None else len(box_input)
+        coords = None if points is None else frame.apply_coords_torch(points.to(dev), size).expand(n_prompts, -1, -1)
+        labels = None if labels is None else labels.to(dev).expand(n_prompts, -1)
+        masks, scores, logits = predictor.predict_torch(coords, labels, box_input, multimask_output=multimask)
+        return SamMasks(masks=masks.flatten(0, 1), scores=scores.flatten(), logits=logits.flatten(0, 1))
+
+
+def laid_out(sam: Sam, features: Tensor, image_size: tuple[int, int]) -> SamPredictor:
+    """A ``SamPredictor`` whose image is a given [256, h, w] map of an image of ``image_size`` (H, W).
+
+    The map takes the place of the encoder's output: laid out on SAM's 64 x 64 grid, it fills
+    the attributes that ``SamPredictor.set_torch_image`` fills from an image. A fresh
+    predictor per call, as it holds the image: concurrent requests do not share one.
+    """
+    H, W = image_size
+    predictor = SamPredictor(sam)
+    predictor.original_size = (H, W)
+    predictor.input_size = predictor.transform.get_preprocess_shape(H, W, predictor.transform.target_length)
+    predictor.features = sam_model.pad_embedding(features.to(predictor.device), H, W)
+    predictor.is_image_set = True
+    return predictor
