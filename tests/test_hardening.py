@@ -32,6 +32,15 @@ def test_out_of_range_options_stop_before_anything_is_written(tmp_path, capsys, 
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["train", "serve", "view"])
+def test_threads_below_one_is_one_line(tmp_path, capsys, tabletop_run, command):
+    args = [str(tmp_path), "--out", str(tmp_path / "run")] if command == "train" else [str(tabletop_run)]
+    assert main([command, *args, "--threads", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["featgs: error: --threads must be >= 1, got 0"]
+    assert not (tmp_path / "run").exists()
+
+
 def test_configs_check_their_ranges():
     with pytest.raises(FeatgsError, match="--refine-stop-fraction"):
         TrainConfig(refine_stop_fraction=1.5)

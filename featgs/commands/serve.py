@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from featgs.commands.threads import add_threads_argument, apply_threads, spare_one_core
 from featgs.errors import FeatgsError
 
 # Defaults of the limits; written here, not imported from featgs.server, so that `featgs --help`
@@ -74,6 +75,8 @@ def register(subparsers) -> None:
     p.add_argument("--request-timeout", metavar="SECONDS", type=float, default=REQUEST_TIMEOUT,
                    help="time a client has to send a request body, all of it (default: %(default)g); "
                         "an idle connection is closed after 5 s")
+    add_threads_argument(p, default=spare_one_core(), why="all cores but one, which stays free for HTTP, "
+                                                         "JSON and the clients")
     p.add_argument("--quiet", action="store_true", help="no request log")
     p.set_defaults(func=run_serve)
 
@@ -89,6 +92,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if not 0 < args.request_timeout <= 3600:
         raise FeatgsError(f"--request-timeout must be in (0, 3600] seconds, got {args.request_timeout:g}")
     origins = [_origin(o) for o in args.allow_origin]
+    apply_threads(args)
     field = FeatureField.load(args.run, sam_checkpoint=args.sam_checkpoint)
     try:
         server = FieldServer(field, (args.host, args.port), quiet=args.quiet, allow_hosts=args.allow_host,

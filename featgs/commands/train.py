@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from featgs.commands.threads import add_threads_argument, apply_threads
 from featgs.configargs import add_config_arguments, config_from_args
 from featgs.teachers.options import TeacherOptions
 from featgs.train.config import TrainConfig
@@ -44,6 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="RUN", type=Path, required=True, help="run folder to create (or continue with --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_threads_argument(p, default=None, why="training usually has the machine to itself; on a machine "
+                                                 "that is busy with other work, fewer threads are faster")
     add_config_arguments(p, TrainConfig, title="training options")
     add_config_arguments(p, SolveConfig, title="solve options (mode 'solve')")
     add_config_arguments(p, TeacherOptions, title="teacher options (--teacher sam / clip)")
@@ -73,6 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
     from featgs.train.trainer import Interrupted
 
     config = train_config_from_args(args)
+    apply_threads(args)
     t0 = time.perf_counter()
     try:
         info = train_run(args.data, args.out, config, resume=args.resume, progress=not args.quiet)

@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from featgs.commands.threads import add_threads_argument, apply_threads
 from featgs.errors import FeatgsError
 
 DESCRIPTION = """\
@@ -39,9 +40,8 @@ def register(subparsers) -> None:
     p.add_argument("--moving-size", type=int, default=128, metavar="PX", help="long side while the camera moves (default 128)")
     p.add_argument("--max-renders", type=int, default=max(1, min(4, os.cpu_count() or 1)), metavar="N",
                    help="renders at once over all browsers (default: the CPU count, at most 4)")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="torch CPU threads (default 1: parallel renders of several browsers scale better, and a "
-                        "render does not stall when browsers or other programs take the cores)")
+    add_threads_argument(p, default=1, why="parallel renders of several browsers scale better, and a render "
+                                            "does not stall when browsers or other programs take the cores")
     p.add_argument("--no-cameras", action="store_true", help="do not show the training cameras")
     p.set_defaults(func=run)
 
@@ -51,11 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from featgs.viewer import ViewerApp, ViewerConfig
 
     read_run(args.run)  # a one-line error before anything heavy is imported
-    if args.threads < 1:
-        raise FeatgsError(f"--threads must be >= 1, got {args.threads}")
-    import torch
-
-    torch.set_num_threads(args.threads)
+    apply_threads(args)
     config = ViewerConfig(host=args.host, port=args.port, still_size=args.still_size, moving_size=args.moving_size,
                           max_renders=args.max_renders, frustums=not args.no_cameras)
     try:
