@@ -45,9 +45,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         # mkstemp creates 0600 files; give the result the permissions a plain open() would.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            # A failed write() (a full disk: ENOSPC, a file size limit: EFBIG) names no file;
+            # the one being written is what a message about it needs.
+            e.filename = str(path)
         raise
 
 

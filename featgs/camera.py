@@ -18,6 +18,11 @@ from torch import Tensor
 
 from featgs.errors import FeatgsError
 
+# Largest image side, in pixels, a camera or dataset file may ask for: far beyond any real
+# camera, so a larger one is a mistake (1e30, Infinity) that would only fail later, deep in
+# an allocation or an integer overflow.
+MAX_IMAGE_SIDE = 1 << 20
+
 
 @dataclass(frozen=True)
 class Camera:
@@ -173,8 +178,16 @@ class Camera:
             c2w = torch.tensor(d["camtoworld"], dtype=torch.float64)
             dist = d.get("distortion")
             dist = None if dist is None else torch.tensor(dist, dtype=torch.float64)
-        except (TypeError, ValueError) as e:
+        # OverflowError: int(Infinity), or a number beyond float range in a matrix;
+        # RuntimeError: torch's word for some values it cannot make a tensor of.
+        except (TypeError, ValueError, OverflowError, RuntimeError) as e:
             raise FeatgsError(f"{source}: width/height must be integers and K, camtoworld numeric matrices") from e
+        if not (0 < int(w) <= MAX_IMAGE_SIDE and 0 < int(h) <= MAX_IMAGE_SIDE):
+            raise FeatgsError(f"{source}: width and height must be 1 to {MAX_IMAGE_SIDE} pixels")
+        if dist is not None and dist.shape != (4,):
+            raise FeatgsError(f"{source}: distortion must be 4 numbers (OpenCV k1, k2, p1, p2), got shape {tuple(dist.shape)}")
+        if dist is not None and not bool(torch.isfinite(dist).all()):
+            raise FeatgsError(f"{source}: distortion must be finite")
         try:
             return cls(camtoworld=c2w, K=K, width=int(w), height=int(h), distortion=dist, name=str(d.get("name", "")))
         except FeatgsError as e:
@@ -182,14 +195,29 @@ class Camera:
 
     @classmethod
     def load_json(cls, path: str | Path) -> "Camera":
+        """The camera in a CAM.json file (:meth:`to_dict`'s keys); NaN and Infinity are refused."""
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
+            d = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
         except FileNotFoundError:
             raise FeatgsError(f"{path}: camera file not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        except _NotFinite as e:
+            raise FeatgsError(f"{path}: {e}; expected a JSON camera file of finite numbers") from None
+        except RecursionError:
+            raise FeatgsError(f"{path}: JSON nested too deeply to read; expected a JSON camera file") from None
+        # ValueError: JSONDecodeError, and the decoder's refusal of integers of thousands of digits.
+        except (OSError, UnicodeDecodeError, ValueError) as e:
             raise FeatgsError(f"{path}: not a readable JSON camera file ({e.__class__.__name__})") from None
         return cls.from_dict(d, source=str(path))
+
+
+class _NotFinite(ValueError):
+    """NaN or Infinity in a camera file."""
+
+
+def _refuse_constant(name: str) -> float:
+    # Python's json reads NaN/Infinity, which are not JSON and make no camera.
+    raise _NotFinite(f"{name} is not a finite number")
 
 
 def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> Tensor:

@@ -29,7 +29,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     info.add_argument("dir", metavar="DIR", type=Path, help="dataset folder")
-    info.add_argument("--downscale", metavar="F", type=float, default=1.0, help="divide image sizes by F, caching the downscaled images on disk (default: 1)")
+    info.add_argument("--downscale", metavar="F", type=float, default=1.0, help="divide image sizes by F, caching the downscaled images on disk: beside the originals "
+                      "(images_F/), or in ~/.cache/featgs where the dataset is read-only (default: 1)")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     info.set_defaults(func=run_info)
 

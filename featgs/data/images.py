@@ -2,6 +2,12 @@
 
 Every reader returns numpy arrays and turns an unreadable file into a one-line
 :class:`FeatgsError` naming the path and what was expected.
+
+A file's content must be in the format its extension names (``.png`` a PNG, ``.jpg``/``.jpeg``
+a JPEG, ``.tif`` a TIFF, ... as Pillow registers them): a BMP, GIF or TIFF renamed to
+``.png`` is refused with its real format named, rather than read by whatever decoder
+recognises it (and then cached, downscaled and written back under the wrong name). A file
+whose extension names no image format (or has none) is read in any format Pillow decodes.
 """
 
 from __future__ import annotations
@@ -18,11 +24,26 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError)
 
 
+# Formats a camera may write under one extension: Pillow names a JPEG that carries more
+# pictures (as many phones write) "MPO".
+_SAME_FORMAT = {"JPEG": ("JPEG", "MPO")}
+
+
+def check_format(path: Path, im: Image.Image) -> None:
+    """Refuse ``im`` (opened from ``path``) unless it is in the format ``path``'s extension names."""
+    claimed = Image.registered_extensions().get(path.suffix.lower())
+    if claimed is None or im.format in _SAME_FORMAT.get(claimed, (claimed,)):
+        return
+    raise FeatgsError(f"{path}: file is a {im.format} image, not the {claimed} its extension {path.suffix} says; "
+                      f"expected a {claimed} file (convert it, or name it for its format)")
+
+
 def _open(path: Path, expected: str) -> Image.Image:
     """The decoded image (loading closes the file of a single-frame image)."""
     try:
         with open(path, "rb") as f:
             im = Image.open(f)
+            check_format(path, im)
             im.load()
         return im
     except FileNotFoundError:
@@ -49,6 +70,7 @@ def _header(path: Path, read):
     """``read(image)`` of the opened, undecoded image (header only); one-line errors."""
     try:
         with Image.open(path) as im:
+            check_format(path, im)
             return read(im)
     except FileNotFoundError:
         raise FeatgsError(f"{path}: file not found; expected a PNG or JPEG image") from None

@@ -31,10 +31,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from featgs.camera import Camera
+from featgs.camera import MAX_IMAGE_SIDE, Camera
 from featgs.data.conventions import flip_yz
 from featgs.data.images import find_image, image_size
-from featgs.data.jsonfile import number, read_json_object
+from featgs.data.jsonfile import integer, number, read_json_object, shorten
 from featgs.data.labels import label_names_beside
 from featgs.data.points import read_point_cloud
 from featgs.data.scene import Scene, View
@@ -78,13 +78,15 @@ def _focal(d: dict, key: str, angle_key: str, size: int, where: str) -> float | 
 def frame_camera(d: dict, transform_matrix: object, image: Path, where: str) -> Camera:
     """The OpenCV camera of one frame from its merged intrinsics ``d`` and OpenGL camtoworld."""
     iw, ih = image_size(image)
-    w = int(number(d["w"], where, "w")) if "w" in d else iw
-    h = int(number(d["h"], where, "h")) if "h" in d else ih
+    w = integer(d["w"], where, "w") if "w" in d else iw
+    h = integer(d["h"], where, "h") if "h" in d else ih
+    if not (0 < w <= MAX_IMAGE_SIDE and 0 < h <= MAX_IMAGE_SIDE):
+        raise FeatgsError(f"{where}: w, h are {shorten(w)}, {shorten(h)}; expected image sizes in pixels, 1 to {MAX_IMAGE_SIDE}")
     if (w, h) != (iw, ih):
         raise FeatgsError(f"{image}: image is {iw}x{ih}; expected {w}x{h} (w, h in {where})")
     model = d.get("camera_model", "OPENCV")
     if model not in CAMERA_MODELS:
-        raise FeatgsError(f"{where}: camera_model {model!r} is not supported; expected one of {', '.join(CAMERA_MODELS)}")
+        raise FeatgsError(f"{where}: camera_model {shorten(model)} is not supported; expected one of {', '.join(CAMERA_MODELS)}")
     fx = _focal(d, "fl_x", "camera_angle_x", w, where)
     if fx is None:
         raise FeatgsError(f"{where}: no focal length; expected fl_x or camera_angle_x")
@@ -102,6 +104,28 @@ def frame_camera(d: dict, transform_matrix: object, image: Path, where: str) -> 
         raise FeatgsError(f"{where}: {e}") from None
 
 
+def _is_file(root: Path, name: str, where: str, key: str) -> bool:
+    """Whether ``root / name`` is a file; a name the OS cannot look up (too long, say) is an
+    error naming ``where`` and ``key``, not an OSError."""
+    try:
+        return (root / name).is_file()
+    except (OSError, ValueError) as e:
+        raise _unusable(root, name, where, key, e) from None
+
+
+def _find(root: Path, name: str, where: str, key: str) -> Path | None:
+    """:func:`find_image` of ``root / name``, with :func:`_is_file`'s errors."""
+    try:
+        return find_image(root / name)
+    except (OSError, ValueError) as e:
+        raise _unusable(root, name, where, key, e) from None
+
+
+def _unusable(root: Path, name: str, where: str, key: str, error: Exception) -> FeatgsError:
+    return FeatgsError(f"{where}: {key} {shorten(name)} is not a usable path ({error.__class__.__name__}); "
+                       f"expected a file relative to {root}")
+
+
 def parse_frames(path: Path, meta: dict, root: Path, background: Sequence[float]) -> list[Optional[View]]:
     """One view per entry of the ``frames`` list of ``meta`` (read from ``path``); None where
     the frame's image file is missing."""
@@ -115,7 +139,7 @@ def parse_frames(path: Path, meta: dict, root: Path, background: Sequence[float]
         where = f"{path}: frames[{i}]"
         if not isinstance(frame, dict) or not isinstance(frame.get("file_path"), str) or "transform_matrix" not in frame:
             raise FeatgsError(f"{where}: expected an object with file_path (a string) and transform_matrix (4x4)")
-        image = find_image(root / frame["file_path"])
+        image = _find(root, frame["file_path"], where, "file_path")
         if image is None:
             views.append(None)
             continue
@@ -124,8 +148,8 @@ def parse_frames(path: Path, meta: dict, root: Path, background: Sequence[float]
         for key, field in COMPANIONS:
             if frame.get(key) is None:
                 continue
-            if not isinstance(frame[key], str) or not (root / frame[key]).is_file():
-                raise FeatgsError(f"{where}: {key} {frame[key]!r} not found; expected a file relative to {root}")
+            if not isinstance(frame[key], str) or not _is_file(root, frame[key], where, key):
+                raise FeatgsError(f"{where}: {key} {shorten(frame[key])} not found; expected a file relative to {root}")
             companions[field] = root / frame[key]
         views.append(View(camera, image, depth_scale=depth_scale, background=tuple(background), **companions))
     return views
@@ -174,7 +198,7 @@ def _split_set(path: Path, meta: dict, key: str, root: Path) -> set[Path]:
     names = meta.get(key, [])
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise FeatgsError(f"{path}: {key} must be a list of image paths (strings)")
-    found = (find_image(root / n) for n in names)
+    found = (_find(root, n, f"{path}: {key}", "an entry") for n in names)
     return {p.resolve() for p in found if p is not None}
 
 

@@ -6,8 +6,13 @@ viewed without the dataset.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
+import logging
+import math
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -30,6 +35,11 @@ from featgs.teachers import TeacherOptions, teacher_names
 from featgs.train.blocks import (blocks_info, build_caches, feature_cache, joint_targets, make_blocks, solve_blocks,
                                  stored_dims)
 from featgs.train.trainer import Diverged, Interrupted, TrainState, init_strategy_state, make_strategy, new_state, train_loop
+
+logger = logging.getLogger(__name__)
+
+# Write errors that more room cures: a full disk, a file size limit (ulimit -f), a quota.
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 # Random points fill a volume, not a surface: splats as wide as their spacing make a fog that
 # hides the scene from the gradients until it is peeled away layer by layer; half as wide
@@ -55,11 +65,43 @@ def _check_maps(cache, names: List[str], progress: bool) -> None:
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
+    """Refuse an ``out`` that cannot become a new run folder (or, with ``resume``, is not a
+    run), before anything is written."""
     if resume:
         read_run(out)
         return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FeatgsError(f"{out}: exists and is not empty; pass --resume to continue that run or choose a new --out")
+    try:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise FeatgsError(f"{out}: exists and is not empty; pass --resume to continue that run or choose a new --out")
+        if not out.exists():
+            _check_creatable(out)
+    except OSError as e:  # a name too long, a folder we may not list
+        raise FeatgsError(f"{out}: cannot use it as the run folder ({e.strerror or e.__class__.__name__}); "
+                          "expected a folder to create") from None
+
+
+def _check_creatable(out: Path) -> None:
+    """Refuse an ``out`` that mkdir would fail on: below a file, or in a folder not writable."""
+    for parent in out.parents:  # nearest first
+        if parent.exists():
+            if not parent.is_dir():
+                raise FeatgsError(f"{out}: {parent} is a file, not a folder; expected --out to name a folder to create")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise FeatgsError(f"{out}: cannot create it, {parent} is not writable; expected a writable place for the run folder")
+            return
+        if parent.is_symlink():  # a dangling link: mkdir would fail on it
+            raise FeatgsError(f"{out}: {parent} is a broken symbolic link; expected --out to name a folder to create")
+
+
+def _missing_folders(out: Path) -> List[Path]:
+    """``out`` and the folders above it that do not exist yet, innermost first: what making
+    the run folder creates, and what a failure before run.json is written removes again."""
+    missing = []
+    for p in (out, *out.parents):
+        if p.exists() or p.is_symlink():
+            break
+        missing.append(p)
+    return missing
 
 
 def train_run(
@@ -73,18 +115,79 @@ def train_run(
     """Train a feature field and write the run folder. Returns the final run.json content.
 
     Raises:
-        FeatgsError: bad input, before anything is written.
+        FeatgsError: bad input, before anything is written; or a write that failed (a full
+            disk, a file size limit): then the folders this call made are removed if run.json
+            was not yet written, else run.json's status is "failed", log.jsonl ends on a whole
+            line and the last checkpoint (written atomically) is whole, so ``--resume``
+            continues.
         Interrupted: Ctrl-C; the checkpoint is saved and ``--resume`` continues.
     """
+    data, out = Path(data), Path(out)
+    _prepare_out(out, resume)
+    made = _missing_folders(out)
+    try:
+        return _train(data, out, config, resume, progress)
+    except OSError as e:  # a full disk, a file size limit, a folder that went away
+        raise FeatgsError(_failed_write(e, out, made)) from None
+
+
+def _failed_write(error: OSError, out: Path, made: List[Path]) -> str:
+    """The one-line message for a training stopped by ``error``; removes the folders this
+    run made (``made``, innermost first) when it stopped before run.json was written."""
+    where = error.filename or out
+    what = f"{where}: {error.strerror or error}" + (f" ({errno.errorcode[error.errno]})" if error.errno in errno.errorcode else "")
+    fix = "free some space (or raise the file size limit)" if error.errno in _NO_ROOM else "fix that"
+    if (out / RUN_FILE).exists():
+        marked = f"{out / RUN_FILE} marks the run failed" if _status(out) == "failed" else f"{out} is left as it was"
+        return f"{what}; training stopped, {marked}: {fix} and continue with --resume"
+    for folder in made:  # nothing of the run was written: leave no trace of it
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+    return f"{what}; training stopped before the run folder {out} was written: {fix} and run again"
+
+
+def _status(out: Path) -> Optional[str]:
+    """run.json's status, or None if it cannot be read."""
+    try:
+        return read_run(out).get("status")
+    except FeatgsError:
+        return None
+
+
+def _mark_failed(paths: RunPaths, info: dict, error: OSError) -> None:
+    """Best effort, after ``error`` stopped a run: run.json says so, and log.jsonl loses a
+    line torn by the failed write. Both writes shrink or keep sizes, so a full disk or a file
+    size limit rarely stops them; if one fails anyway, the original error is what counts."""
+    with contextlib.suppress(OSError):
+        _trim_torn_tail(paths.log)
+    info.update(status="failed", error=f"{error.__class__.__name__}: {error}")
+    with contextlib.suppress(OSError):
+        atomic_write_text(paths.run_json, json.dumps(info, indent=2))
+
+
+def _trim_torn_tail(path: Path) -> None:
+    """Cut ``path`` after its last newline (a record the failed write left half-written)."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def _train(data: Path, out: Path, config: TrainConfig, resume: bool, progress: bool) -> dict:
+    """:func:`train_run` past the checks of ``out`` (OSError passes through, for its caller)."""
     from featgs.data import load_scene
     from featgs.data.points import initial_points
 
-    data, out = Path(data), Path(out)
-    _prepare_out(out, resume)
     if resume:  # a run killed mid-write left a temporary beside the file it was writing
         remove_stale_temporaries(out, [RUN_FILE, CHECKPOINT_FILE, LOG_FILE, PLY_FILE, CAMERAS_FILE])
     if resume:
         saved = read_run(out)
+        if not isinstance(saved.get("data"), str) or not isinstance(saved.get("config"), dict):
+            raise FeatgsError(f"{out / RUN_FILE}: no 'data' path or 'config'; expected the run.json `featgs train` writes")
         if Path(saved["data"]).resolve() != data.resolve():
             raise FeatgsError(f"{out}: this run trains on {saved['data']}, not {data}")
         old = TrainConfig.from_dict(saved["config"])
@@ -94,6 +197,7 @@ def train_run(
             raise FeatgsError(f"{out}: --resume with different {', '.join(clash)} than the run was started with")
         if config.teacher_options == TeacherOptions():  # not given again: the run's own
             config = dataclasses.replace(config, teacher_options=old.teacher_options)
+        _truncate_log(out / LOG_FILE, math.inf)  # a bad log stops the resume before any work
     config = dataclasses.replace(config, teacher_options=config.teacher_options.resolved())
     scene = load_scene(data, downscale=config.downscale)
     paths = RunPaths(out)
@@ -144,49 +248,57 @@ def train_run(
     if not resume:
         atomic_write_text(paths.run_json, json.dumps(info, indent=2))
         paths.log.unlink(missing_ok=True)
+    try:  # from here on a failed write leaves run.json saying so
+        joint = config.mode == "joint" and bool(blocks)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(config.seed)
+            state = new_state(init, config, extent, feature_dim=d if joint else 0, teacher_dim=D)
+            strategy = make_strategy(config)
+            strategy.check_sanity(state.params, state.optimizers)
+            state.strategy_state = init_strategy_state(strategy, extent)
+            if resume and paths.checkpoint.exists():
+                load_checkpoint(paths.checkpoint, state)
+            if resume:  # without a checkpoint the run starts over at step 0, and so does its log
+                _truncate_log(paths.log, state.step)
 
-    joint = config.mode == "joint" and bool(blocks)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
-        state = new_state(init, config, extent, feature_dim=d if joint else 0, teacher_dim=D)
-        strategy = make_strategy(config)
-        strategy.check_sanity(state.params, state.optimizers)
-        state.strategy_state = init_strategy_state(strategy, extent)
-        if resume and paths.checkpoint.exists():
-            load_checkpoint(paths.checkpoint, state)
-            _truncate_log(paths.log, state.step)
+            names = [v.name for v in scene.train]
+            with open(paths.log, "a") as log_file:
+                def log(rec: dict) -> None:
+                    try:
+                        log_file.write(json.dumps(rec) + "\n")
+                        log_file.flush()
+                    except OSError as e:  # name the file: a failed write() says only what went wrong
+                        e.filename = e.filename or str(paths.log)
+                        raise
 
-        names = [v.name for v in scene.train]
-        with open(paths.log, "a") as log_file:
-            def log(rec: dict) -> None:
-                log_file.write(json.dumps(rec) + "\n")
-                log_file.flush()
+                try:
+                    train_loop(
+                        state, strategy, cams, images, config, extent=extent, background=background,
+                        teacher_maps=joint_targets(blocks, names) if joint else None,
+                        save_checkpoint=lambda s: save_checkpoint(paths.checkpoint, s),
+                        log=log, progress=progress,
+                    )
+                except (Diverged, Interrupted) as e:  # run.json says what happened, not "training"
+                    info.update(status="diverged" if isinstance(e, Diverged) else "interrupted", stopped_at=e.step,
+                                error=str(e))
+                    atomic_write_text(paths.run_json, json.dumps(info, indent=2))
+                    raise
 
-            try:
-                train_loop(
-                    state, strategy, cams, images, config, extent=extent, background=background,
-                    teacher_maps=joint_targets(blocks, names) if joint else None,
-                    save_checkpoint=lambda s: save_checkpoint(paths.checkpoint, s),
-                    log=log, progress=progress,
-                )
-            except (Diverged, Interrupted) as e:  # run.json says what happened, not "training"
-                info.update(status="diverged" if isinstance(e, Diverged) else "interrupted", stopped_at=e.step,
-                            error=str(e))
-                atomic_write_text(paths.run_json, json.dumps(info, indent=2))
-                raise
-
-    g = state.gaussians().detach()
-    distill = None
-    if blocks and config.mode == "solve":
-        result = solve_blocks(g, cams, names, blocks, config.solve, config.feature_dim, progress)
-        g = g.with_features(result.features, result.decoder)
-        distill = result.stats
-    write_cameras(paths.cameras, {"train": cams, "test": [v.camera for v in scene.test]})
-    save_ply(paths.ply, g.to("cpu"))
-    info.update(status="done", num_gaussians=len(g), steps=state.step, feature_dim=g.feature_dim,
-                output_feature_dim=g.output_feature_dim, distill=distill)
-    atomic_write_text(paths.run_json, json.dumps(info, indent=2))
-    return info
+        g = state.gaussians().detach()
+        distill = None
+        if blocks and config.mode == "solve":
+            result = solve_blocks(g, cams, names, blocks, config.solve, config.feature_dim, progress)
+            g = g.with_features(result.features, result.decoder)
+            distill = result.stats
+        write_cameras(paths.cameras, {"train": cams, "test": [v.camera for v in scene.test]})
+        save_ply(paths.ply, g.to("cpu"))
+        info.update(status="done", num_gaussians=len(g), steps=state.step, feature_dim=g.feature_dim,
+                    output_feature_dim=g.output_feature_dim, distill=distill)
+        atomic_write_text(paths.run_json, json.dumps(info, indent=2))
+        return info
+    except OSError as e:
+        _mark_failed(paths, info, e)
+        raise
 
 
 def _teacher_summary(blocks) -> Optional[dict]:
@@ -201,13 +313,49 @@ def _teacher_summary(blocks) -> Optional[dict]:
             "dim": sum(b.dim for b in blocks), "cache": None}
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past the checkpoint, so a resumed log reads like an uninterrupted one."""
+def _truncate_log(path: Path, step: float) -> None:
+    """Drop log lines past ``step`` (the checkpoint's), so a resumed log reads like an
+    uninterrupted one.
+
+    A kill or a full disk in the middle of a write leaves a torn last line: it is dropped with
+    a warning. A line before the last that is not a JSON record was not torn by featgs, so it
+    is an error naming the file and line, and the log is left as it is.
+    """
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    with atomic_open(path, "w") as f:
-        f.write("".join(line + "\n" for line in keep))
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except OSError as e:
+        raise FeatgsError(f"{path}: cannot read the training log ({e.strerror or e.__class__.__name__})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    keep = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        record = _log_record(line)
+        if record is None and number == len(lines):
+            logger.warning("%s: dropped its last line, %d bytes torn by an interrupted write", path, len(line))
+            continue
+        if record is None:
+            raise FeatgsError(f"{path}: line {number} is not a JSON record with a numeric step; expected one JSON "
+                              "object per line as `featgs train` writes them (only the last line can be torn)")
+        if record.get("step", 0) <= step:
+            keep.append(line)
+    with atomic_open(path, "wb") as f:
+        f.write(b"".join(line + b"\n" for line in keep))
+
+
+def _log_record(line: bytes) -> Optional[dict]:
+    """One log.jsonl line as a record, or None if it is not one (torn, or not ours)."""
+    try:
+        record = json.loads(line)  # the log is ours: NaN losses are written as NaN and read back
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    step = record.get("step", 0)
+    return record if isinstance(step, (int, float)) and not isinstance(step, bool) else None
 
 
 __all__ = ["Interrupted", "TrainState", "train_run"]
