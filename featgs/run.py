@@ -29,6 +29,7 @@ from torch import Tensor
 
 from featgs.atomic import atomic_write_text
 from featgs.camera import Camera
+from featgs.data.jsonfile import read_json
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians
 from featgs.teachers.options import TeacherOptions
@@ -85,12 +86,9 @@ def read_run(root: Path) -> dict:
     path = Path(root) / RUN_FILE
     if not Path(root).is_dir():
         raise FeatgsError(f"{root}: not a folder; expected a run folder made by `featgs train`")
-    try:
-        info = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FeatgsError(f"{root}: not a featgs run folder (no {RUN_FILE}); expected the --out folder of `featgs train`") from None
-    except (OSError, ValueError) as e:
-        raise FeatgsError(f"{path}: unreadable run file ({e.__class__.__name__}); expected JSON written by `featgs train`") from None
+    if not path.exists():
+        raise FeatgsError(f"{root}: not a featgs run folder (no {RUN_FILE}); expected the --out folder of `featgs train`")
+    info = read_json(path, "the run file JSON written by `featgs train`")
     if not isinstance(info, dict) or info.get("featgs_run") != 1:
         raise FeatgsError(f"{path}: not a featgs run file")
     return info
@@ -113,10 +111,7 @@ def write_cameras(path: Path, cameras: Dict[str, list]) -> None:
 
 
 def _read_cameras(path: Path) -> Dict[str, Tuple[Camera, ...]]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise FeatgsError(f"{path}: unreadable camera file ({e.__class__.__name__}); expected JSON written by `featgs train`") from None
+    data = read_json(path, "the camera file JSON written by `featgs train`")
     if not isinstance(data, dict):
         raise FeatgsError(f"{path}: expected an object of camera lists per split")
     out = {}

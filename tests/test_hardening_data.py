@@ -422,3 +422,16 @@ def test_nan_in_labels_json(small, tmp_path, capsys):
     (root / "labels.json").write_text('{"0": NaN}')
     assert main(["data", "info", str(root)]) == 2
     _one_line_error(capsys, "labels.json", "NaN")
+
+
+def test_training_on_a_read_only_dataset_caches_teacher_maps_per_user(small, tmp_path, read_only, user_cache):
+    root = _copy(small, tmp_path / "ds")
+    read_only(root)
+    before = _tree(root)
+    out = tmp_path / "run"
+    assert main(["train", str(root), "--out", str(out), "--teacher", "labels", "--iters", "20", "--quiet"]) == 0
+    assert _tree(root) == before  # no features/ folder appeared in the dataset
+    maps = list((user_cache.parent / "features").rglob("*.safetensors"))
+    assert len(maps) == 5  # one map per view, in the per-user cache
+    recorded = json.loads((out / "run.json").read_text())["teachers"][0]["cache"]
+    assert Path(recorded).is_relative_to(user_cache.parent / "features")

@@ -58,7 +58,7 @@ def test_run_open_errors_are_one_line(tmp_path):
     with pytest.raises(FeatgsError, match="no point_cloud.ply yet"):
         Run.open(tmp_path).gaussians()
     (tmp_path / CAMERAS_FILE).write_text("[1, 2")
-    with pytest.raises(FeatgsError, match="unreadable camera file"):
+    with pytest.raises(FeatgsError, match="cameras.json: malformed JSON.*camera file"):
         Run.open(tmp_path).cameras()
 
 
@@ -85,7 +85,7 @@ def test_a_lower_affinity_pulls_the_link_threshold_down():
 # What each layer may import (featgs.<package>); the base never reaches up.
 BASE = {"render", "data", "gaussians", "teachers", "camera", "errors", "atomic", "plyio", "pictures", "segmentation",
         "device", "rotations",
-        "configargs"}
+        "configargs", "usercache", "process"}
 FORBIDDEN = {
     **{b: {"train", "query", "viewer", "server", "commands", "run", "cli"} for b in BASE},
     "run": {"train", "query", "viewer", "server", "commands", "cli"},

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Mapping, Optional
 from PIL import Image
 from tqdm import tqdm
 
+from featgs import usercache
 from featgs.atomic import atomic_open
 from featgs.data.images import DECODE_ERRORS, IMAGE_SUFFIXES, check_format, image_size
 from featgs.data.scene import Scene, View
@@ -46,11 +46,8 @@ _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
 def user_cache_dir(environ: Optional[Mapping[str, str]] = None) -> Path:
-    """The per-user cache of downscaled copies: ``$XDG_CACHE_HOME/featgs/downscaled``, else
-    ``~/.cache/featgs/downscaled``."""
-    environ = os.environ if environ is None else environ
-    base = environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "featgs" / "downscaled"
+    """The per-user cache of downscaled copies: ``$XDG_CACHE_HOME/featgs/downscaled``."""
+    return usercache.user_cache_dir("downscaled", environ)
 
 
 def _copy_name(image: Path) -> str:
@@ -91,15 +88,6 @@ def _has_size(path: Path, width: int, height: int) -> bool:
         return False
 
 
-def _writable_folder(folder: Path) -> bool:
-    """Whether files can be created in ``folder``, or in the nearest folder above it that
-    exists (where ``folder`` would be made)."""
-    for f in (folder, *folder.parents):
-        if f.exists():
-            return f.is_dir() and os.access(f, os.W_OK | os.X_OK)
-    return False
-
-
 def _inside(path: Path, root: Path) -> bool:
     try:
         path.relative_to(root)
@@ -118,7 +106,7 @@ def _may_write(target: Path, root: Path, taken: set[Path]) -> bool:
             return False
         resolved = _resolved(target)
         return (resolved is not None and resolved not in taken and _inside(resolved, root.resolve())
-                and _writable_folder(target.parent))
+                and usercache.writable_folder(target.parent))
     except OSError:  # a name the OS refuses (too long): not a place for a copy
         return False
 

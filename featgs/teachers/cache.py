@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from featgs.atomic import atomic_write_bytes, atomic_write_text
+from featgs.data.jsonfile import loads_strict
 from featgs.errors import FeatgsError
 from featgs.teachers.base import Teacher
 
@@ -77,8 +78,8 @@ class FeatureCache:
         Keys: format, teacher, model_id, key, dim, dtype, and images (name -> [h, w]).
         """
         try:
-            meta = json.loads((self.folder / META).read_text())
-        except (OSError, ValueError):
+            meta = loads_strict((self.folder / META).read_text())
+        except (OSError, ValueError, RecursionError):  # a hand-edited or torn file: rebuild the cache
             return None
         return meta if isinstance(meta, dict) else None
 

@@ -26,6 +26,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from featgs import usercache
 from featgs.camera import Camera
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians, LinearDecoder
@@ -57,9 +58,13 @@ def teacher_for_scene(name: str, scene, options: TeacherOptions = TeacherOptions
 
 
 def feature_cache(scene, teacher: Teacher, downscale: float) -> FeatureCache:
-    """The cache of ``teacher``'s maps for ``scene`` at this downscale."""
+    """The cache of ``teacher``'s maps for ``scene`` at this downscale: ``DATA/features/`` when
+    it already holds the cache or can be written, else the per-user cache (a read-only dataset)."""
     folder = teacher.name if downscale == 1.0 else f"{teacher.name}@{downscale:g}x"
-    return FeatureCache(scene.root, teacher.name, folder)
+    beside = FeatureCache(scene.root, teacher.name, folder)
+    if beside.meta is not None or usercache.writable_folder(beside.folder):
+        return beside
+    return FeatureCache(usercache.user_cache_dir("features") / usercache.dataset_key(scene.root), teacher.name, folder)
 
 
 def make_blocks(scene, names: Sequence[str], options: TeacherOptions, downscale: float) -> List[TeacherBlock]:
