@@ -17,6 +17,7 @@ from featgs.errors import FeatgsError
 # does not load FastAPI and torch.
 MAX_CONNECTIONS = 32
 REQUEST_TIMEOUT = 30.0  # seconds
+MAX_RENDER_PAIRS = 20_000_000  # featgs.query.field.MAX_RENDER_PAIRS: ~2 GB of renderer memory
 
 DESCRIPTION = """\
 Serve a trained run over HTTP (JSON in, JSON or PNG out):
@@ -28,11 +29,14 @@ Serve a trained run over HTTP (JSON in, JSON or PNG out):
   POST /segment         {"camera": {"view": 0}, "labels": [...]} -> label map (base64 PNG), counts
   POST /prompt          {"camera": ..., "points": [[x, y]], "box": [x0, y0, x1, y1]} -> mask, selection
   POST /edit            {"selection": {"text": "mug"}, "op": "delete", "name": "no_mug"} -> RUN/edits/no_mug.ply
+                        (without "name": the edited PLY itself, its features decoded: one self-contained file)
   POST /render          {"camera": ..., "mode": "rgb|depth|features|relevancy|segmentation|selection"} -> PNG
 
 A camera is {"view": I, "split": "test"|"train"} or {"width", "height", "K", "camtoworld"}
 (OpenCV, at most 2048x2048). Bad requests get a 4xx answer {"error": "..."}; /docs is the
-API in a browser.
+API in a browser. A view whose render would list more (tile, Gaussian) pairs than
+--max-render-pairs (about 100 bytes each; large Gaussians seen up close make many) is
+refused with 422 before any memory is taken.
 
 The API has no authentication. It binds to 127.0.0.1 unless --host says otherwise, and it
 refuses what a web page on another site could make a browser send: POST bodies must be
@@ -75,6 +79,9 @@ def register(subparsers) -> None:
     p.add_argument("--request-timeout", metavar="SECONDS", type=float, default=REQUEST_TIMEOUT,
                    help="time a client has to send a request body, all of it (default: %(default)g); "
                         "an idle connection is closed after 5 s")
+    p.add_argument("--max-render-pairs", metavar="N", type=int, default=MAX_RENDER_PAIRS,
+                   help="refuse (422) a render that would list more (tile, Gaussian) pairs than N, about 100 bytes "
+                        "of memory each, while the run is locked (default: %(default)s, about 2 GB)")
     add_threads_argument(p, default=spare_one_core(), why="all cores but one, which stays free for HTTP, "
                                                          "JSON and the clients")
     p.add_argument("--quiet", action="store_true", help="no request log")
@@ -91,16 +98,18 @@ def run_serve(args: argparse.Namespace) -> int:
         raise FeatgsError(f"--max-connections must be at least 1, got {args.max_connections}")
     if not 0 < args.request_timeout <= 3600:
         raise FeatgsError(f"--request-timeout must be in (0, 3600] seconds, got {args.request_timeout:g}")
+    if args.max_render_pairs < 1:
+        raise FeatgsError(f"--max-render-pairs must be at least 1, got {args.max_render_pairs}")
     origins = [_origin(o) for o in args.allow_origin]
     apply_threads(args)
-    field = FeatureField.load(args.run, sam_checkpoint=args.sam_checkpoint)
+    field = FeatureField.load(args.run, sam_checkpoint=args.sam_checkpoint, max_render_pairs=args.max_render_pairs)
     try:
         server = FieldServer(field, (args.host, args.port), quiet=args.quiet, allow_hosts=args.allow_host,
                              allow_origins=origins, max_connections=args.max_connections,
                              request_timeout=args.request_timeout)
     except OSError as e:
         raise FeatgsError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
-    if not _is_loopback(args.host):
+    if not is_loopback(args.host):
         print(f"featgs: warning: listening on {args.host}: anyone who can reach it can query and edit this run",
               file=sys.stderr)
     prompts = "SAM's mask decoder" if field.mask_decoder is not None else "feature affinity"
@@ -134,8 +143,9 @@ def _origin(value: str) -> str:
     return origin
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (127.0.0.0/8, ::1, localhost): no warning then."""
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return host == "localhost"

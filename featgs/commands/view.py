@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+from featgs.commands.serve import is_loopback
 from featgs.commands.threads import add_threads_argument, apply_threads
 from featgs.errors import FeatgsError
 
@@ -34,7 +35,9 @@ def register(subparsers) -> None:
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", type=Path, help="run folder made by `featgs train`")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on, IPv4 or IPv6 (default 127.0.0.1: this machine only; 0.0.0.0 or :: "
+                        "lets other machines in, with a warning: the viewer has no authentication)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; the next free one if taken; 0: any)")
     p.add_argument("--still-size", type=int, default=256, metavar="PX", help="long side of the resting view in pixels (default 256)")
     p.add_argument("--moving-size", type=int, default=128, metavar="PX", help="long side while the camera moves (default 128)")
@@ -49,17 +52,22 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from featgs.run import read_run
     from featgs.viewer import ViewerApp, ViewerConfig
+    from featgs.viewer.app import check_address
 
     read_run(args.run)  # a one-line error before anything heavy is imported
     apply_threads(args)
     config = ViewerConfig(host=args.host, port=args.port, still_size=args.still_size, moving_size=args.moving_size,
                           max_renders=args.max_renders, frustums=not args.no_cameras)
+    check_address(args.host, args.port)  # before the run is loaded: a bad --host is a one-line error at once
     try:
         import viser  # noqa: F401
     except ImportError:
         raise FeatgsError("featgs view needs the viser package: pip install viser") from None
     app = ViewerApp(args.run, config)
     app.start()
+    if not is_loopback(args.host):
+        print(f"featgs: warning: listening on {args.host}: anyone who can reach it can view and edit this run "
+              f"and save edits into it", file=sys.stderr, flush=True)
     print(f"featgs view: serving {args.run} at {app.url} (Ctrl-C to stop)", flush=True)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: app.stop())

@@ -1,6 +1,7 @@
 """Queries on a trained feature field: language queries, segmentation, prompts, lifting, edits.
 
-- :class:`FeatureField` the entry point (``FeatureField.load(RUN)``)
+- :class:`FeatureField` the entry point (``FeatureField.load(RUN)``); :class:`RenderTooLarge`
+  what it raises for a view over its ``max_render_pairs``
 - :class:`Selection` a set of Gaussians with its bounding box and centroid
 - edits :class:`Delete`, :class:`Extract`, :class:`Recolor`, :class:`Translate`
 - :class:`QueryConfig`, :class:`PromptConfig`, :class:`CleanConfig` their parameters
@@ -11,7 +12,7 @@
 
 from featgs.query.clean import CleanConfig
 from featgs.query.edit import Delete, EditOp, Extract, Recolor, Translate
-from featgs.query.field import FeatureField
+from featgs.query.field import FeatureField, RenderTooLarge
 from featgs.query.modes import RENDER_MODES, RenderMode
 from featgs.query.prompt import MaskDecoder, PromptConfig, SamMaskDecoder
 from featgs.query.relevancy import DEFAULT_NEGATIVES, QueryConfig
@@ -20,5 +21,5 @@ from featgs.query.selection import Selection
 
 __all__ = [
     "DEFAULT_NEGATIVES", "RENDER_MODES", "RenderMode", "CleanConfig", "Delete", "EditOp", "Extract", "FeatureField", "MaskDecoder",
-    "PromptConfig", "QueryConfig", "Recolor", "SamMaskDecoder", "Selection", "Translate", "segment_features",
+    "PromptConfig", "QueryConfig", "Recolor", "RenderTooLarge", "SamMaskDecoder", "Selection", "Translate", "segment_features",
 ]

@@ -36,7 +36,9 @@ from featgs.query.lift import lift_mask, render_values, selection_share
 from featgs.query.prompt import MaskDecoder, Prompt, PromptConfig, SamMaskDecoder, affinity_select
 from featgs.query.relevancy import QueryConfig, negatives_or_default, pairwise_relevancy, select_by_rule
 from featgs.query.selection import Selection
+from featgs.render import BYTES_PER_PAIR, estimate_pairs
 from featgs.render import render as render_view
+from featgs.render.torch_backend import TILE_SIZE
 from featgs.run import Run
 from featgs.teachers.base import Teacher
 
@@ -44,10 +46,18 @@ MAX_TEXT = 500  # characters in one query or label text
 _TEXT_CACHE = 1024  # embeddings kept per field
 _SELECTION_CACHE = 256  # text-query selections kept per field
 _LIFT_TOP_K = 16
+# (tile, Gaussian) pairs one render may list where callers choose the camera (featgs serve's
+# default): ~BYTES_PER_PAIR bytes each, 20M is ~2 GB, which a 2-core, 24 GB machine serving a
+# run can spare while it also holds the run and its clients.
+MAX_RENDER_PAIRS = 20_000_000
 
 
 Channels = Tuple[int, int]
 _T = TypeVar("_T")
+
+
+class RenderTooLarge(FeatgsError):
+    """A render that would need more memory than the field's ``max_render_pairs`` allows."""
 
 
 def _one_at_a_time(method: Callable[..., _T]) -> Callable[..., _T]:
@@ -83,6 +93,13 @@ class FeatureField:
         normalization: [4, 4] float64 similarity from the dataset's frame (its camera poses)
             to the field's (the run's normalised frame, the PLY's), or None when they are one.
             Everything here works in the field's frame; :meth:`describe` adds the dataset's.
+        max_render_pairs: (tile, Gaussian) pairs a render at a caller's camera may list, or
+            None for no limit (the default: a program or the shell renders what it asks for).
+            The renderer's memory grows with them (about :data:`featgs.render.BYTES_PER_PAIR`
+            bytes each: a 2048x2048 view of large Gaussians can take tens of GB, with the
+            field's lock held), so with a limit, operations refuse a camera over it with
+            :class:`RenderTooLarge` before they allocate (see :meth:`check_render_size`).
+            ``featgs serve`` sets :data:`MAX_RENDER_PAIRS` unless told otherwise.
     """
 
     gaussians: Gaussians
@@ -98,6 +115,7 @@ class FeatureField:
     root: Optional[Path] = None
     no_text_reason: str = "the run's teacher is not language-aligned (or it has none)"
     normalization: Optional[Tensor] = None
+    max_render_pairs: Optional[int] = None
     _texts: Dict[str, Tensor] = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     # Text queries are pure functions of the (immutable) field, so their selections are kept;
@@ -109,7 +127,8 @@ class FeatureField:
     @classmethod
     def load(cls, run: "str | Path | Run", *, mask_decoder: Optional[MaskDecoder] = None,
              sam_checkpoint: Optional[str | Path] = None,
-             device: Optional[str | torch.device] = None) -> "FeatureField":
+             device: Optional[str | torch.device] = None,
+             max_render_pairs: Optional[int] = None) -> "FeatureField":
         """The field of a run folder made by ``featgs train``.
 
         Args:
@@ -118,11 +137,16 @@ class FeatureField:
                 through SAM's decoder with these weights (default: the checkpoint the run was
                 trained with, if it is still there; without one, prompts use feature affinity).
             device: where to render (default: CUDA when available, else CPU).
+            max_render_pairs: see the attribute (None: no limit; ``featgs serve`` passes
+                :data:`MAX_RENDER_PAIRS`).
         Raises:
             FeatgsError: not a finished run, or a decoder for a teacher the run lacks.
         """
         from featgs.teachers import make_teacher
 
+        if max_render_pairs is not None and (isinstance(max_render_pairs, bool) or not isinstance(max_render_pairs, int)
+                                             or max_render_pairs < 1):
+            raise FeatgsError(f"max_render_pairs must be a whole number >= 1 (or None), got {max_render_pairs!r}")
         run = run if isinstance(run, Run) else Run.open(run)
         root = run.root
         options = run.teacher_options
@@ -161,7 +185,8 @@ class FeatureField:
                    label_names=names, train_cameras=cameras["train"], test_cameras=cameras["test"],
                    mask_decoder=mask_decoder,
                    decoder_channels=whole(blocks[mask_decoder.teacher]) if mask_decoder is not None else None,
-                   root=root, no_text_reason=reason, normalization=run.normalization)
+                   root=root, no_text_reason=reason, normalization=run.normalization,
+                   max_render_pairs=max_render_pairs)
 
     # -- basics -------------------------------------------------------------------------------
     @property
@@ -303,15 +328,49 @@ class FeatureField:
         return selection.mask()
 
     # -- views --------------------------------------------------------------------------------
+    # Each public operation at a caller's camera checks the render's size once, under the lock,
+    # then works through the unchecked _methods (the same Gaussians at the same camera).
+    @_one_at_a_time
+    def check_render_size(self, camera: Camera) -> int:
+        """The (tile, Gaussian) pairs a render at ``camera`` lists (0 when it is surely within
+        the limit without projecting: fewer Gaussians times tiles than the limit).
+
+        Raises:
+            RenderTooLarge: over ``max_render_pairs``; the message gives the estimate and the
+                memory it would take.
+        """
+        limit = self.max_render_pairs
+        if limit is None:
+            return 0
+        tiles = -(-camera.width // TILE_SIZE) * -(-camera.height // TILE_SIZE)
+        if self.num_gaussians * tiles <= limit:
+            return 0
+        pairs = estimate_pairs(self.gaussians, camera)
+        if pairs > limit:
+            raise RenderTooLarge(
+                f"a {camera.width}x{camera.height} view of this run's {self.num_gaussians} Gaussians would list "
+                f"{pairs / 1e6:.1f}M (tile, Gaussian) pairs, about {pairs * BYTES_PER_PAIR / 1e9:.1f} GB, over the "
+                f"limit of {limit / 1e6:g}M (max_render_pairs; featgs serve --max-render-pairs); ask for a "
+                f"smaller view")
+        return pairs
+
     @_one_at_a_time
     def relevancy_map(self, camera: Camera, text: str, negatives: Optional[Sequence[str]] = None) -> Tensor:
         """[H, W] relevancy at each pixel: the per-Gaussian relevancy rendered as a 1-dim feature."""
+        self.check_render_size(camera)
+        return self._relevancy_map(camera, text, negatives)
+
+    def _relevancy_map(self, camera: Camera, text: str, negatives: Optional[Sequence[str]]) -> Tensor:
         out = render_values(self.gaussians, camera, self.relevancy(text, negatives))
         return (out.features[..., 0] / out.alpha[..., 0].clamp_min(1e-10)).cpu()
 
     @_one_at_a_time
     def mask(self, camera: Camera, selection: Selection, *, min_share: float = 0.5) -> Tensor:
         """[H, W] bool: pixels where the selection holds at least ``min_share`` of the blend weight."""
+        self.check_render_size(camera)
+        return self._mask(camera, selection, min_share)
+
+    def _mask(self, camera: Camera, selection: Selection, min_share: float = 0.5) -> Tensor:
         return (selection_share(self.gaussians, camera, self._mask_of(selection)) >= min_share).cpu()
 
     @_one_at_a_time
@@ -319,6 +378,10 @@ class FeatureField:
         """[H, W] int64 index into ``labels`` (default: the run's label names) of each pixel's
         most similar label text: the argmax of cosine between the rendered feature and the texts."""
         labels = self._labels_or_default(labels)
+        self.check_render_size(camera)
+        return self._segment(camera, labels)
+
+    def _segment(self, camera: Camera, labels: List[str]) -> Tensor:
         text = self.embed(labels)
         g = self.gaussians
         out = render_view(g.with_features(g.features, None), camera, features=True, sh_degree=0)
@@ -355,12 +418,15 @@ class FeatureField:
         if mode == "relevancy":
             if text is None:
                 raise FeatgsError("relevancy rendering needs a text")
+            self.check_render_size(camera)
             lo = 0.5 if negatives_or_default(negatives) else 0.0
-            needs = dict(relevancy=self.relevancy_map(camera, text, negatives), relevancy_range=(lo, 1.0))
+            needs = dict(relevancy=self._relevancy_map(camera, text, negatives), relevancy_range=(lo, 1.0))
         elif mode == "segmentation":
             labels = self._labels_or_default(labels)
-            needs = dict(labels=self.segment(camera, labels), num_labels=len(labels))
+            self.check_render_size(camera)
+            needs = dict(labels=self._segment(camera, labels), num_labels=len(labels))
         elif mode == "features":
+            self.check_render_size(camera)
             full = self._full_space
             out = render_view(g.with_features(g.features, None), camera, features=True, sh_degree=0)
             # PCA of the decoded feature, computed on the d-dim render: (W f + b - mean) @ basis.
@@ -368,9 +434,10 @@ class FeatureField:
         else:
             if mode == "selection" and selection is None:
                 raise FeatgsError("selection rendering needs a selection")
+            self.check_render_size(camera)
             out = render_view(g, camera, features=False)
             if mode == "selection":
-                needs = dict(inside=self.mask(camera, selection))
+                needs = dict(inside=self._mask(camera, selection))
         return mode_image(mode, out, **needs)
 
     @functools.cached_property
@@ -392,6 +459,10 @@ class FeatureField:
         if mask.dtype != torch.bool or tuple(mask.shape) != (camera.height, camera.width):
             raise FeatgsError(f"mask must be a bool [{camera.height}, {camera.width}] array for this camera, "
                               f"got {mask.dtype} {tuple(mask.shape)}")
+        self.check_render_size(camera)
+        return self._lift(camera, mask, min_share)
+
+    def _lift(self, camera: Camera, mask: Tensor, min_share: float = 0.5) -> Selection:
         out = render_view(self.gaussians, camera, features=False, sh_degree=0, top_k=_LIFT_TOP_K)
         keep = lift_mask(out, mask, self.num_gaussians, min_share=min_share)
         return Selection.from_mask(self.gaussians.means, keep, threshold=min_share, rule="mask")
@@ -405,9 +476,10 @@ class FeatureField:
         0 = not on it) and/or inside ``box`` [x0, y0, x1, y1], at ``camera``.
 
         Returns:
-            mask [H, W] bool, and the selection (whole objects, hidden Gaussians included).
+            mask [H, W] bool (CPU), and the selection (whole objects, hidden Gaussians included).
         """
         p = Prompt.make(camera.width, camera.height, points, point_labels, box)
+        self.check_render_size(camera)
         if self.mask_decoder is not None:
             return self._decoder_prompt(camera, p, config, cleaning)
         keep = affinity_select(self.gaussians, self.prompt_space, camera, p, config)
@@ -416,7 +488,7 @@ class FeatureField:
             keep = keep | hidden_behind(self.gaussians, keep, cams, alpha=cleaning.alpha)
         rule = "point" if bool((p.point_labels == 1).any()) else "box"
         sel = Selection.from_mask(self.gaussians.means, keep, threshold=config.affinity, rule=rule)
-        mask = self.mask(camera, sel)
+        mask = self._mask(camera, sel)
         box_mask = p.box_mask(camera.width, camera.height)
         return (mask if box_mask is None else mask & box_mask), sel
 
@@ -429,7 +501,7 @@ class FeatureField:
         if mask.dtype != torch.bool or tuple(mask.shape) != (camera.height, camera.width):
             raise FeatgsError(f"the mask decoder returned {mask.dtype} {tuple(mask.shape)}; expected bool "
                               f"[{camera.height}, {camera.width}]")
-        sel = self.lift(camera, mask)
+        sel = self._lift(camera, mask)
         if config.clean:
             sel = self.clean(sel, cleaning)
         return mask, replace(sel, rule="decoder")
@@ -442,11 +514,35 @@ class FeatureField:
         return replace(self, gaussians=apply_edit(self.gaussians, self._mask_of(selection), op))
 
     @_one_at_a_time
-    def save(self, path: str | Path) -> Path:
-        """Write the Gaussians as a standard 3DGS PLY with ``feat_*`` properties (and the decoder
-        beside it as ``NAME.decoder.safetensors``); returns the path."""
+    def save(self, path: str | Path, *, decoded: bool = False) -> Path:
+        """Write the Gaussians as a standard 3DGS PLY with ``feat_*`` properties; returns the path.
+
+        Args:
+            decoded: False: the stored d-dim features, with the decoder beside the PLY as
+                ``NAME.decoder.safetensors`` (small; readers need both files). True: the
+                features decoded to the teachers' D dims and no decoder: one self-contained
+                file (N x D floats), e.g. to hand to a program that has only the PLY.
+        """
         path = Path(path)
         if path.suffix.lower() != ".ply":
             raise FeatgsError(f"{path}: expected a .ply file name")
-        save_ply(path, self.gaussians)
+        g = self.gaussians
+        if decoded and g.decoder is not None:
+            g = g.with_features(self._decoded_features(), None)
+        save_ply(path, g)
         return path
+
+    def _decoded_features(self) -> Tensor:
+        """[N, D] decoded features, decoded in blocks of Gaussians (no [N, D] temporaries)."""
+        g = self.gaussians
+        out = torch.empty(len(g), g.output_feature_dim, dtype=g.features.dtype, device=g.device)
+        for start in range(0, len(g), 1 << 15):
+            out[start:start + (1 << 15)] = g.decoder(g.features[start:start + (1 << 15)].detach())
+        return out
+
+    def ply_bytes(self, *, decoded: bool = False) -> int:
+        """About how large :meth:`save` writes the PLY (bytes), for refusing one too large."""
+        g = self.gaussians
+        dims = 3 + 3 + 3 + 3 * g.shN.shape[1] + 1 + 3 + 4
+        dims += g.output_feature_dim if decoded else g.feature_dim
+        return len(g) * dims * 4

@@ -260,10 +260,12 @@ def affinity_select(g: Gaussians, space: FeatureSpace, camera: Camera, p: Prompt
         inner, outer = sample_pixels(in_box, gen), sample_pixels(in_band, gen)
         f_in = unit(out.features[inner[:, 0], inner[:, 1]])
         f_out = unit(out.features[outer[:, 0], outer[:, 1]])
-        seed = dominant_feature(f_in, centrality[inner[:, 0], inner[:, 1]], f_out, config.affinity, config.penalty)
+        # the box's masks and weights are made on the CPU; the features are on the render's device
+        weights = centrality[inner[:, 0], inner[:, 1]].to(f_in.device)
+        seed = dominant_feature(f_in, weights, f_out, config.affinity, config.penalty)
         # the seed Gaussians: the front Gaussian of every box pixel whose feature matches
         rows, cols = torch.nonzero(in_box, as_tuple=True)
-        match = space.cosine_of(out.features[rows, cols], seed[None])[:, 0] >= config.affinity
+        match = (space.cosine_of(out.features[rows, cols], seed[None])[:, 0] >= config.affinity).cpu()
         front = out.topk_ids[rows[match], cols[match], 0]
         seeds.append((seed, front[front >= 0].cpu(), True))
     cos = space.cosine(torch.stack([s for s, _, _ in seeds])).cpu()

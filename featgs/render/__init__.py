@@ -8,7 +8,7 @@ One entry point, :func:`render`, with backends chosen by name:
 - ``cuda``: ours (``cuda/``): geometry rasterised once into top-K weights, features gathered.
 """
 
-from featgs.render.api import BACKENDS, render
+from featgs.render.api import BACKENDS, BYTES_PER_PAIR, estimate_pairs, render
 from featgs.render.output import RenderOutput
 
-__all__ = ["BACKENDS", "RenderOutput", "render"]
+__all__ = ["BACKENDS", "BYTES_PER_PAIR", "RenderOutput", "estimate_pairs", "render"]

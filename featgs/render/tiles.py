@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Tuple
 
 import torch
 from torch import Tensor
@@ -45,6 +46,36 @@ class TilePlan:
 
 
 @torch.no_grad()
+def tile_ranges(means2d: Tensor, extents: Tensor, width: int, height: int,
+                tile_size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The rectangle of tiles each Gaussian's box reaches: first tile column and row, and how
+    many columns and rows ([N] int64 each; 0 columns or rows: it reaches no pixel centre).
+
+    Args:
+        means2d: [N, 2] pixel centres; extents: [N, 2] half-widths of the alpha >= 1/255 boxes.
+        width, height: image size; tile_size: S.
+    """
+    S = tile_size
+    tx, ty = math.ceil(width / S), math.ceil(height / S)
+    lo = means2d - extents
+    hi = means2d + extents
+    # Tile u holds pixel centres S*u + 0.5 .. S*u + S - 0.5.
+    x0 = torch.ceil((lo[:, 0] - (S - 0.5)) / S).clamp(0, tx - 1).long()
+    x1 = torch.floor((hi[:, 0] - 0.5) / S).clamp(-1, tx - 1).long()
+    y0 = torch.ceil((lo[:, 1] - (S - 0.5)) / S).clamp(0, ty - 1).long()
+    y1 = torch.floor((hi[:, 1] - 0.5) / S).clamp(-1, ty - 1).long()
+    return x0, y0, (x1 - x0 + 1).clamp_min(0), (y1 - y0 + 1).clamp_min(0)
+
+
+@torch.no_grad()
+def count_pairs(means2d: Tensor, extents: Tensor, width: int, height: int, tile_size: int) -> int:
+    """The number of (tile, Gaussian) pairs :func:`bin_gaussians` would list, without listing
+    them: O(N) memory, where the plan takes O(pairs)."""
+    _, _, nx, ny = tile_ranges(means2d, extents, width, height, tile_size)
+    return int((nx * ny).sum())
+
+
+@torch.no_grad()
 def bin_gaussians(means2d: Tensor, extents: Tensor, depths: Tensor, width: int, height: int, tile_size: int) -> TilePlan:
     """Assign Gaussians to the tiles whose pixel centres their boxes cover.
 
@@ -57,15 +88,7 @@ def bin_gaussians(means2d: Tensor, extents: Tensor, depths: Tensor, width: int, 
     S = tile_size
     tx, ty = math.ceil(width / S), math.ceil(height / S)
     dev = means2d.device
-    lo = means2d - extents
-    hi = means2d + extents
-    # Tile u holds pixel centres S*u + 0.5 .. S*u + S - 0.5.
-    x0 = torch.ceil((lo[:, 0] - (S - 0.5)) / S).clamp(0, tx - 1).long()
-    x1 = torch.floor((hi[:, 0] - 0.5) / S).clamp(-1, tx - 1).long()
-    y0 = torch.ceil((lo[:, 1] - (S - 0.5)) / S).clamp(0, ty - 1).long()
-    y1 = torch.floor((hi[:, 1] - 0.5) / S).clamp(-1, ty - 1).long()
-    nx = (x1 - x0 + 1).clamp_min(0)
-    ny = (y1 - y0 + 1).clamp_min(0)
+    x0, y0, nx, ny = tile_ranges(means2d, extents, width, height, tile_size)
     count = nx * ny
     n = means2d.shape[0]
     gid = torch.repeat_interleave(torch.arange(n, device=dev), count)

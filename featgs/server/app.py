@@ -4,10 +4,12 @@ Every request passes :class:`~featgs.server.guard.Guard` (Host, Origin, JSON bod
 size and time), then its body is parsed strictly (no NaN or Infinity) and validated against its
 pydantic model (:mod:`featgs.server.schema`) before the field is touched. Bad input gets a 4xx
 answer ``{"error": message, "status": status}``, with 400 (not FastAPI's 422) for a body that
-does not match its model; an unexpected failure gets a 500 of the same shape, and the server
-keeps serving. The field (and the renderer under it) runs one operation at a time under its
-own lock; endpoints that compute are plain ``def``, so FastAPI runs them in its thread pool and
-the event loop stays free for other connections. No request names a path: edits are saved as
+does not match its model, and 422 for a valid request the server will not carry out (a render
+larger than the field's ``max_render_pairs``, an answer JSON cannot carry); an unexpected
+failure gets a 500 of the same shape, and the server keeps serving. The field (and the
+renderer under it) runs one operation at a time under its own lock; endpoints that compute are
+plain ``def``, so FastAPI runs them in its thread pool and the event loop stays free for other
+connections. No request names a path: edits are saved as
 ``RUN/edits/NAME.ply`` with a validated NAME, or returned.
 """
 
@@ -38,7 +40,7 @@ from featgs import __version__
 from featgs.camera import Camera
 from featgs.errors import FeatgsError
 from featgs.pictures import to_uint8
-from featgs.query import FeatureField, PromptConfig, QueryConfig, Selection
+from featgs.query import FeatureField, PromptConfig, QueryConfig, RenderTooLarge, Selection
 from featgs.query.edit import make_edit
 from featgs.run import EDITS_FOLDER
 from featgs.server.guard import Guard
@@ -48,6 +50,9 @@ from featgs.server.schema import (MAX_SIDE, EditRequest, ErrorBody, IdSelection,
                                   TextSelection, ViewCamera, error_message)
 
 MAX_BODY = 8 << 20  # bytes of one request body (a million ids fit)
+# bytes of an edited PLY sent back as the answer: it is built in memory (twice: the file and the
+# answer), and a larger scene is better saved under RUN/edits with its small d-dim features
+MAX_PLY_ANSWER = 1 << 30
 BODY_TIMEOUT = 30.0  # seconds a client may take to send a request body
 
 # HTTP's own methods: any other gets "unsupported method" rather than "takes POST, not BREW"
@@ -75,7 +80,8 @@ def create_app(field: FeatureField, *, hosts: Optional[Iterable[str]] = None, or
                   description="Query, segment, prompt, edit and render one trained run. Cameras are "
                               "{view, split} or {width, height, K, camtoworld} (OpenCV, at most 2048x2048).",
                   exception_handlers={HTTPException: _http_error, RequestValidationError: _invalid_body,
-                                      FeatgsError: _featgs_error, Exception: _internal_error})
+                                      RenderTooLarge: _too_large, FeatgsError: _featgs_error,
+                                      Exception: _internal_error})
     app.state.field = field
     app.state.edit_lock = threading.Lock()  # held while an edit is checked and saved into RUN/edits/
     app.include_router(router)
@@ -105,6 +111,12 @@ async def _invalid_body(request: Request, exc: Exception) -> Response:
 
 async def _featgs_error(request: Request, exc: Exception) -> Response:
     return error_response(400, str(exc))
+
+
+async def _too_large(request: Request, exc: Exception) -> Response:
+    # a well-formed request that asks for more memory than the server allows: not the body's
+    # fault, so not a 400; the message says how much and what the limit is
+    return error_response(422, str(exc))
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -175,7 +187,9 @@ _ERRORS: Dict[Union[int, str], Dict[str, Any]] = {
     status: {"model": ErrorBody, "description": what} for status, what in (
         (400, "bad request: the message names the field, e.g. body.text: must not be empty"),
         (403, "a foreign Host or Origin"), (408, "the body took too long"), (411, "no Content-Length"),
-        (413, "the body is too large"), (415, "the body is not application/json"))}
+        (413, "the body is too large"), (415, "the body is not application/json"),
+        (422, "the request would need more memory than the server allows (a view too large for this "
+              "run: featgs serve --max-render-pairs), or its answer holds NaN or infinity"))}
 
 
 def _example(description: str, example: Any) -> Dict[Union[int, str], Dict[str, Any]]:
@@ -196,7 +210,9 @@ def _openapi(app: FastAPI) -> Dict[str, Any]:
         schemas = doc.get("components", {}).get("schemas", {})
         for operations in doc["paths"].values():
             for operation in operations.values():
-                operation.get("responses", {}).pop("422", None)
+                responses = operation.get("responses", {})
+                if "HTTPValidationError" in json.dumps(responses.get("422", {})):  # FastAPI's, not ours
+                    responses.pop("422")
                 content = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
                 ref = content.get("schema", {}).get("$ref", "")
                 if ref.startswith("#/components/schemas/"):
@@ -287,11 +303,20 @@ def _selection(field: FeatureField, spec: Union[TextSelection, IdSelection, Prom
 
 
 @router.post("/edit", summary="Delete, extract, recolour or move a selection",
-             responses={200: {"description": "with a name: where it was saved; without: the PLY itself",
+             description="With `name`, the edited scene is saved as RUN/edits/NAME.ply (the run's d-dim "
+                         "features, their decoder beside it as NAME.decoder.safetensors) and the answer says "
+                         "where. Without `name`, the answer is the edited scene as one self-contained binary "
+                         "PLY (standard 3DGS properties plus feat_0..feat_{D-1}): its features are decoded to "
+                         "the teachers' D dimensions, the space the field renders and texts are compared in, "
+                         "so no decoder file is needed to read them. Such a PLY is refused (422) above "
+                         f"{MAX_PLY_ANSWER >> 20} MiB; save it by name instead.",
+             responses={200: {"description": "with a name: where it was saved; without: the PLY itself, "
+                                             "features decoded to D dimensions",
                               "content": {"application/json": {"example": {"saved": "edits/no_mug.ply",
                                                                            "num_gaussians": 52270,
                                                                            "selection": _SELECTION_EXAMPLE}},
-                                          "application/octet-stream": {}}},
+                                          "application/octet-stream": {"schema": {"type": "string",
+                                                                                  "format": "binary"}}}},
                         409: {"model": ErrorBody, "description": "an edit of that name exists"}, **_ERRORS})
 def _edit(body: EditRequest, request: Request, field: TheField) -> Response:
     try:
@@ -302,9 +327,16 @@ def _edit(body: EditRequest, request: Request, field: TheField) -> Response:
     sel = _selection(field, body.selection)
     edited = field.edit(sel, op)
     if target is None:
+        size = edited.ply_bytes(decoded=True)
+        if size > MAX_PLY_ANSWER:
+            raise HTTPException(422, f"the edited scene's PLY with decoded features would be {size >> 20} MiB, over "
+                                     f"the {MAX_PLY_ANSWER >> 20} MiB an answer may carry; pass name to save it "
+                                     f"under {EDITS_FOLDER}/ instead")
         with tempfile.TemporaryDirectory() as tmp:
-            path = edited.save(Path(tmp) / "edit.ply")
-            return Response(path.read_bytes(), media_type="application/octet-stream")
+            # decoded: a client gets one file it can read without the run's decoder
+            path = edited.save(Path(tmp) / "edit.ply", decoded=True)
+            return Response(path.read_bytes(), media_type="application/octet-stream",
+                            headers={"Content-Disposition": 'attachment; filename="edit.ply"'})
     with request.app.state.edit_lock:  # check and save as one step: two requests for one name cannot both write
         if target.exists() and not body.overwrite:
             raise HTTPException(409, f"body.name: {EDITS_FOLDER}/{target.stem}.ply exists; pass overwrite: true to replace it")

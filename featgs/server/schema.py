@@ -79,7 +79,8 @@ Labels = Annotated[List[Text], Field(min_length=1, max_length=MAX_LABELS,
                                      description="label texts (default: the run's label names)")]
 EditName = Annotated[str, AfterValidator(_plain_name), WithJsonSchema(
     {"type": "string", "pattern": f"^{EDIT_NAME.pattern}$",
-     "description": "save as RUN/edits/NAME.ply; without a name the PLY comes back as the response body"})]
+     "description": "save as RUN/edits/NAME.ply (with its decoder beside it); without a name the PLY comes back "
+                    "as the response body, its features decoded to D dimensions (self-contained)"})]
 
 
 class _Closed(BaseModel):

@@ -61,6 +61,8 @@ class WeightMatrix:
         view_rows: (start, end) row range of each view.
         view_blocks: per view, its rows of W transposed, [N, P_v] sparse CSR (for W^T T).
         mass_kept: share of the total blend weight (alpha) that the top-K entries hold.
+        empty_views: indices of the views that see no Gaussian (all their rows are zero: they
+            constrain nothing, and their teacher maps need not be read).
     """
 
     W: Tensor
@@ -68,6 +70,7 @@ class WeightMatrix:
     view_rows: list
     view_blocks: list
     mass_kept: float
+    empty_views: list = field(default_factory=list)
 
     @property
     def num_gaussians(self) -> int:
@@ -92,14 +95,23 @@ def collect_weights(gaussians: Gaussians, cameras: Sequence[Camera], top_k: int,
     """Render every camera's top-K blend weights into one sparse matrix."""
     g = gaussians.detach()
     n = len(g)
-    rows, cols, vals, view_rows, blocks = [], [], [], [], []
+    rows, cols, vals, view_rows, blocks, empty = [], [], [], [], [], []
     kept = total = 0.0
     offset = 0
-    for cam in tqdm(cameras, desc="blend weights", unit="view", disable=not progress, leave=False):
+    for i, cam in enumerate(tqdm(cameras, desc="blend weights", unit="view", disable=not progress, leave=False)):
         out = render(g, cam, features=False, top_k=top_k)
+        p = cam.width * cam.height
+        if out.topk_ids is None or out.topk_ids.numel() == 0 or not bool((out.topk_ids >= 0).any()):
+            # A view that sees no Gaussian (it looks away, or every Gaussian is culled): its rows
+            # of W are zero. Nothing of it is indexed, so no backend's empty top-K can trip here.
+            empty.append(i)
+            blocks.append(_csr(torch.zeros(2, 0, dtype=torch.long, device=g.device),
+                               torch.zeros(0, device=g.device), (n, p)))
+            view_rows.append((offset, offset + p))
+            offset += p
+            continue
         ids = out.topk_ids.reshape(-1, top_k)
         w = out.topk_weights.reshape(-1, top_k).float()
-        p = ids.shape[0]
         valid = ids >= 0
         r = torch.arange(p, device=ids.device)[:, None].expand_as(ids)[valid]
         c, v = ids[valid], w[valid]
@@ -111,11 +123,16 @@ def collect_weights(gaussians: Gaussians, cameras: Sequence[Camera], top_k: int,
         total += float(out.alpha.sum())
         view_rows.append((offset, offset + p))
         offset += p
-    idx = torch.stack([torch.cat(rows), torch.cat(cols)])
-    val = torch.cat(vals)
+    if rows:
+        idx = torch.stack([torch.cat(rows), torch.cat(cols)])
+        val = torch.cat(vals)
+    else:  # no view sees anything
+        idx = torch.zeros(2, 0, dtype=torch.long, device=g.device)
+        val = torch.zeros(0, device=g.device)
     W = _csr(idx, val, (offset, n))
     Wt = _csr(idx.flip(0), val, (n, offset))
-    return WeightMatrix(W=W, Wt=Wt, view_rows=view_rows, view_blocks=blocks, mass_kept=kept / max(total, 1e-12))
+    return WeightMatrix(W=W, Wt=Wt, view_rows=view_rows, view_blocks=blocks, mass_kept=kept / max(total, 1e-12),
+                        empty_views=empty)
 
 
 @torch.no_grad()
@@ -161,8 +178,10 @@ def solve_features(
     n = Wm.num_gaussians
     dev = Wm.W.device
     b = torch.zeros(n, d, device=dev)
+    empty = set(Wm.empty_views)
     for i, block in enumerate(tqdm(Wm.view_blocks, desc="W^T T", unit="view", disable=not progress, leave=False)):
-        b += block @ target(i)
+        if i not in empty:  # an empty view's block is zero: its teacher map is not even read
+            b += block @ target(i)
     ones = torch.ones(Wm.W.shape[0], 1, device=dev)
     seen = (Wm.Wt @ ones).squeeze(1)  # sum_p w_i(p)
     diag = (_square(Wm.Wt) @ ones).squeeze(1)  # sum_p w_i(p)^2
@@ -207,6 +226,7 @@ def solve_features(
         "cg_iterations": it,
         "relative_residual": rel,
         "unseen_gaussians": int((seen == 0).sum()),
+        "views_seeing_nothing": len(Wm.empty_views),
         "seconds": time.perf_counter() - t0,
     }
     return SolveResult(features=x, decoder=decoder, stats=stats)

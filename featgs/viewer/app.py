@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 import threading
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 import numpy as np
 
 from featgs.camera import Camera
+from featgs.errors import FeatgsError
 from featgs.query import FeatureField
 from featgs.viewer import frames
 from featgs.viewer.cameras import look_at_point, pose_of, up_direction
@@ -41,6 +44,38 @@ def _focus(cameras: List[Camera]) -> np.ndarray:
     except np.linalg.LinAlgError:
         p = np.mean([c.center.numpy() for c in cameras], axis=0)
     return p if np.all(np.isfinite(p)) else np.zeros(3)
+
+
+def check_address(host: str, port: int) -> None:
+    """Raise a one-line FeatgsError unless ``host`` (IPv4 or IPv6) can be listened on.
+
+    viser takes any OSError when it binds for a port in use: it tries the next port, a thousand
+    times, and then waits for ever for a server that never started. So an address this machine
+    does not have, or an IPv6 address where IPv6 is off, is checked here first; a port in use is
+    left to viser (it moves to the next one).
+    """
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise FeatgsError(f"--host {host}: not an address this machine can listen on ({e})") from None
+    try:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(sockaddr)
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise FeatgsError(f"cannot listen on {host} port {port} ({e.strerror or e})") from None
+
+
+def url_host(host: str) -> str:
+    """How a browser on this machine names the listening ``host`` in a URL: a wildcard as the
+    loopback address of its family, an IPv6 address in brackets."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 class ViewerApp:
@@ -89,9 +124,15 @@ class ViewerApp:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "ViewerApp":
+        """Listen and serve in viser's threads.
+
+        Raises:
+            FeatgsError: the configured host cannot be listened on (one line; see :func:`check_address`).
+        """
         import viser
 
         cfg = self.config
+        check_address(cfg.host, cfg.port)
         self.server = server = viser.ViserServer(host=cfg.host, port=cfg.port, label="featgs", verbose=False)
         server.gui.configure_theme(control_width="large", show_logo=False)
         if self.cameras:
@@ -173,9 +214,7 @@ class ViewerApp:
 
     @property
     def url(self) -> str:
-        host = self.config.host
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
-        return f"http://{shown}:{self.port}"
+        return f"http://{url_host(self.config.host)}:{self.port}"
 
     def stop(self) -> None:
         """Stop serving: render threads first, then the server. Safe to call twice."""

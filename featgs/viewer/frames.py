@@ -109,8 +109,12 @@ class FeatureColourTable(Generic[FieldT]):
 
 
 def _channels(g: Gaussians, columns: List[Tensor]) -> Gaussians:
-    """``g`` carrying the given [N] or [N, k] columns as its (undecoded) features."""
-    cols = [c.float().reshape(len(g), -1) for c in columns]
+    """``g`` carrying the given [N] or [N, k] columns as its (undecoded) features.
+
+    The columns may live anywhere (a selection's mask is on the CPU, a query's relevancy and
+    the feature colours on the field's device); they go to ``g``'s device, where the render is.
+    """
+    cols = [c.to(device=g.device, dtype=torch.float32).reshape(len(g), -1) for c in columns]
     return g.with_features(torch.cat(cols, 1) if cols else g.features.new_zeros(len(g), 0), None)
 
 
