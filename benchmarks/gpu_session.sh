@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 # gsplat compiles its CUDA sources on first use; do it once, up front, with all cores.
 time python3 -c "import gsplat.cuda._backend as b; assert b._C is not None, 'gsplat CUDA build failed'"
 time python3 -c "from featgs.render.cuda_backend import load_extension; load_extension()"
-python3 -m pytest -q tests/test_gpu_backends.py tests/test_render.py 2>&1 | tee "$OUT/gpu-tests.txt"
+python3 -m pytest -q tests/test_gpu_backends.py tests/test_emulated_kernels.py tests/test_render.py 2>&1 | tee "$OUT/gpu-tests.txt"
 python3 benchmarks/gpu.py 2>&1 | tee "$OUT/gpu-bench.txt"
 python3 benchmarks/distill.py --device cuda --size 512 --geometry-iters 3000 --joint-steps 3000 2>&1 | tee "$OUT/distill-cuda.txt"
 cp benchmarks/results/gpu-cuda.* benchmarks/results/distill-cuda.* "$OUT/" 2>/dev/null || true
