@@ -30,6 +30,8 @@ COMMAND_MODULES = [
     "featgs.commands.segment",
     "featgs.commands.edit",
     "featgs.commands.serve",
+    "featgs.commands.process",
+    "featgs.commands.run",
 ]
 
 
