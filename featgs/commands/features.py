@@ -25,6 +25,9 @@ its own; extracting first separates the slow part and shows its speed.
   labels  text embeddings of per-pixel labels (scenes that have them).
 
 Checkpoints are local files (.pth/.pt/.bin state dicts or .safetensors); nothing is downloaded.
+
+Under torchrun (e.g. `torchrun --nproc_per_node 4 -m featgs features extract DATA ...`) the
+views are shared out: view i is computed and written by rank i % world, one GPU each.
 """
 
 EXTRACT_EPILOG = """\
@@ -88,20 +91,32 @@ def extract_options(args: argparse.Namespace) -> TeacherOptions:
 
 def run_extract(args: argparse.Namespace) -> int:
     from featgs.data import load_scene
+    from featgs.device import resolve_device
+    from featgs.distributed import PeerFailed, process_group
     from featgs.train.blocks import build_caches, make_blocks
 
-    scene = load_scene(args.data, downscale=args.downscale)
-    (block,) = make_blocks(scene, [args.teacher], extract_options(args), args.downscale)
-    before = block.cache.meta
-    t0 = time.perf_counter()
-    (computed,) = build_caches([block], scene.views, progress=not args.quiet)
-    seconds = time.perf_counter() - t0
+    # under torchrun: view i is extracted by rank i % world (a plain run: one rank, no process group)
+    with process_group(resolve_device("auto")) as ranks:
+        try:
+            scene = ranks.on_main(lambda: load_scene(args.data, downscale=args.downscale))  # writes any downscaled copies
+            if not ranks.is_main:
+                scene = load_scene(args.data, downscale=args.downscale)
+            (block,) = make_blocks(scene, [args.teacher], extract_options(args), args.downscale)
+            before = ranks.on_main(lambda: block.cache.meta)
+            t0 = time.perf_counter()
+            (computed,) = build_caches([block], scene.views, progress=not args.quiet and ranks.is_main, ranks=ranks)
+            seconds = time.perf_counter() - t0
+        except PeerFailed:  # the rank that failed says why
+            return 2
+    if not ranks.is_main:
+        return 0
     meta = block.cache.meta
     if before is not None and before.get("key") != meta["key"]:
         print(f"replaced the cached features of another model or setting: {before.get('key')}")
     rate = f", {computed / seconds:.2f} images/s" if computed and seconds > 0 else ""
+    on = f" on {ranks.world_size} ranks" if ranks.many else ""
     h, w = next(iter(meta["images"].values()))
-    print(f"{meta['teacher']} features of {len(meta['images'])} images ({computed} computed{rate}): "
+    print(f"{meta['teacher']} features of {len(meta['images'])} images ({computed} computed{on}{rate}): "
           f"{meta['dim']} x {h} x {w}, model {meta['model_id']} -> {block.cache.folder}")
     return 0
 

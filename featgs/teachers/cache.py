@@ -8,8 +8,9 @@ Layout, under a scene's data folder::
 Each map file also carries the teacher's identity (name, model id, cache key, dim) in its
 safetensors header, so files can be judged one by one without the meta: an interrupted
 build (no meta) resumes by keeping the files that match the teacher and are complete, and a
-change of teacher removes the files that do not. Every write is atomic. One process writes
-a cache folder at a time.
+change of teacher removes the files that do not. Every write is atomic. One job writes a
+cache folder at a time: one process, or the ranks of one ``torchrun`` launch, each writing
+only its own share of the maps (:meth:`FeatureCache.ensure`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from featgs.atomic import atomic_write_bytes, atomic_write_text
+from featgs.distributed import SINGLE, Ranks
 from featgs.data.jsonfile import loads_strict
 from featgs.errors import FeatgsError
 from featgs.teachers.base import Teacher
@@ -86,40 +88,71 @@ class FeatureCache:
     def path(self, name: str) -> Path:
         return self.folder / f"{name}{SUFFIX}"
 
-    def ensure(self, teacher: Teacher, items: Sequence[CacheItem], progress: bool = True) -> int:
+    def ensure(self, teacher: Teacher, items: Sequence[CacheItem], progress: bool = True,
+               ranks: Ranks = SINGLE) -> int:
         """Make the cache hold ``teacher``'s map of every item; returns how many were computed.
 
         Maps already on disk for this teacher are reused; maps of another teacher (or model,
         label names, dimension) are removed, once the teacher has loaded its model
         (:meth:`Teacher.prepare`): a checkpoint that does not load leaves the cache as it was.
 
+        With several ``ranks`` (every rank calls this with the same items), item i is
+        computed and written by rank ``i % world_size`` only; rank 0 alone scans the folder,
+        removes stale files and, once every rank's maps are written, writes meta.json. A rank
+        that dies leaves whole maps and no meta.json: the next call resumes.
+
         Raises:
             FeatgsError: duplicate or unusable item names, a model that does not load, or a map
-                with NaN/Inf values.
+                with NaN/Inf values (on any rank: every rank raises).
         """
         if teacher.name != self.teacher_name:
             raise ValueError(f"cache of teacher {self.teacher_name!r} was given teacher {teacher.name!r}")
         _check_names([item.name for item in items])
         identity = _identity(teacher)
-        meta = self.meta
-        meta_ok = meta is not None and _identity_of(meta) == identity
-        done, stale = self._scan(identity)
-        todo = [item for item in items if item.name not in done]
-        if not todo and not stale and meta_ok and meta.get("images") == done:
+
+        def plan() -> Optional[tuple[dict[str, list[int]], list[Path], list[str]]]:
+            meta = self.meta
+            meta_ok = meta is not None and _identity_of(meta) == identity
+            done, stale = self._scan(identity)
+            todo = [item.name for item in items if item.name not in done]
+            if not todo and not stale and meta_ok and meta.get("images") == done:
+                return None
+            return done, stale, todo
+
+        planned = ranks.on_main(plan, share=True)
+        if planned is None:
             return 0
-        if todo:
-            teacher.prepare()
-        for path in stale:
-            path.unlink()
-        # No meta while maps are being written: an interruption leaves the cache incomplete.
-        (self.folder / META).unlink(missing_ok=True)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for item in tqdm(todo, desc=f"{teacher.name} features", unit="image", disable=not progress):
-            features = _extract(teacher, item)
-            atomic_write_bytes(self.path(item.name), save({KEY: features}, metadata=_as_strings(identity)))
-            done[item.name] = list(features.shape[1:])
-        meta = {**identity, "images": dict(sorted(done.items()))}
-        atomic_write_text(self.folder / META, json.dumps(meta, indent=1) + "\n")
+        done, stale, todo = planned
+        wanted = set(todo)
+        mine = [item for i, item in enumerate(items) if item.name in wanted and ranks.owns(i)]
+        ranks.settle(lambda: teacher.prepare() if mine else None)
+
+        def clear() -> None:
+            for path in stale:
+                path.unlink()
+            # No meta while maps are being written: an interruption leaves the cache incomplete.
+            (self.folder / META).unlink(missing_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True)
+
+        ranks.on_main(clear)  # the others wait: nobody writes before the stale files are gone
+
+        def extract() -> dict[str, list[int]]:
+            shapes = {}
+            for item in tqdm(mine, desc=f"{teacher.name} features", unit="image",
+                             disable=not (progress and ranks.is_main)):
+                features = _extract(teacher, item)
+                atomic_write_bytes(self.path(item.name), save({KEY: features}, metadata=_as_strings(identity)))
+                shapes[item.name] = list(features.shape[1:])
+            return shapes
+
+        for shapes in ranks.all_gather_objects(ranks.settle(extract)):
+            done.update(shapes)
+
+        def write_meta() -> None:
+            meta = {**identity, "images": dict(sorted(done.items()))}
+            atomic_write_text(self.folder / META, json.dumps(meta, indent=1) + "\n")
+
+        ranks.on_main(write_meta)  # the others return once meta.json is there
         return len(todo)
 
     def check(self, teacher: Teacher, names: Iterable[str] = ()) -> None:

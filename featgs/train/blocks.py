@@ -28,6 +28,7 @@ from torch import Tensor
 
 from featgs import usercache
 from featgs.camera import Camera
+from featgs.distributed import SINGLE, Ranks
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians, LinearDecoder
 from featgs.teachers import CacheItem, FeatureCache, Teacher, TeacherOptions, make_teacher
@@ -77,11 +78,12 @@ def make_blocks(scene, names: Sequence[str], options: TeacherOptions, downscale:
     return blocks
 
 
-def build_caches(blocks: Sequence[TeacherBlock], views, progress: bool) -> List[int]:
+def build_caches(blocks: Sequence[TeacherBlock], views, progress: bool, ranks: Ranks = SINGLE) -> List[int]:
     """Every teacher's map of every view, computed once and reused (an interrupted build
-    resumes); returns how many maps each teacher computed."""
+    resumes); returns how many maps each teacher computed. With several ``ranks``, view i is
+    extracted and written by rank ``i % world_size`` alone (:meth:`FeatureCache.ensure`)."""
     items = [CacheItem(v.name, v.image, v.labels) for v in views]
-    return [block.cache.ensure(block.teacher, items, progress=progress) for block in blocks]
+    return [block.cache.ensure(block.teacher, items, progress=progress, ranks=ranks) for block in blocks]
 
 
 def blocks_info(blocks: Sequence[TeacherBlock]) -> List[dict]:
@@ -104,8 +106,11 @@ def joint_targets(blocks: Sequence[TeacherBlock],
 
 
 def solve_blocks(g: Gaussians, cameras: Sequence[Camera], names: Sequence[str], blocks: Sequence[TeacherBlock],
-                 config: SolveConfig, feature_dim: Optional[int], progress: bool) -> SolveResult:
+                 config: SolveConfig, feature_dim: Optional[int], progress: bool,
+                 ranks: Ranks = SINGLE) -> SolveResult:
     """One solve per teacher; features side by side and a block-diagonal decoder (see module doc).
+    With several ``ranks`` each solve is distributed over them (:func:`solve_features`): every
+    rank reads only the maps of its own views and ends with the same features.
 
     Stats: the single solve's for one teacher; for several, the worst of each (most CG
     iterations, largest residual, least top-K mass, most unseen Gaussians), summed seconds
@@ -116,7 +121,8 @@ def solve_blocks(g: Gaussians, cameras: Sequence[Camera], names: Sequence[str], 
         shapes = b.cache.meta["images"]  # (h, w) of every map: the cache is complete here
         sizes = [tuple(shapes[n]) for n in names]
         maps = [lambda n=n, c=b.cache: c.load(n) for n in names]
-        results.append(solve_features(g, cameras, maps, sizes, config, feature_dim=feature_dim, progress=progress))
+        results.append(solve_features(g, cameras, maps, sizes, config, feature_dim=feature_dim, progress=progress,
+                                      ranks=ranks))
     if len(results) == 1:
         return results[0]
     features = torch.cat([r.features for r in results], dim=1)

@@ -5,7 +5,8 @@ W the [pixels, N] matrix of blend weights. Minimising ``||W F - T||^2 + lam ||F|
 every training pixel is ``(W^T W + lam I) F = W^T T``: one symmetric positive definite system
 shared by all feature channels. We keep each pixel's K largest weights (W is sparse), start
 from the weight-averaged teacher features and run Jacobi-preconditioned conjugate gradients,
-all channels at once. Teacher maps are streamed view by view; only W is held.
+all channels at once, in float64 (``PRECISION``). Teacher maps are streamed view by view; only
+W is held.
 
 Because the solution is linear in T, solving against the teacher projected on its top-d PCA
 basis gives exactly the projection of the full solution: the d-dim features plus the linear
@@ -25,12 +26,19 @@ from tqdm.auto import tqdm
 
 from featgs.camera import Camera
 from featgs.configargs import check_ranges
+from featgs.distributed import SINGLE, Ranks
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians, LinearDecoder
 from featgs.render import render
 from featgs.teachers.pca import flat_map, teacher_pca
 
 TeacherMap = Callable[[], Tensor]  # () -> [D, h, w]
+
+# The solve's arithmetic. Unconverged CG in float32 amplifies round-off: summing the same
+# products in another order (views reordered, or split over ranks) moved the features of a
+# 24-view scene by 2e-3 (relative); in float64 by under 1e-9, so a distributed solve equals
+# the single-process one.
+PRECISION = torch.float64
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ class WeightMatrix:
         mass_kept: share of the total blend weight (alpha) that the top-K entries hold.
         empty_views: indices of the views that see no Gaussian (all their rows are zero: they
             constrain nothing, and their teacher maps need not be read).
+        weight_kept, alpha_total: the sums behind ``mass_kept`` (for adding up over ranks).
     """
 
     W: Tensor
@@ -71,6 +80,8 @@ class WeightMatrix:
     view_blocks: list
     mass_kept: float
     empty_views: list = field(default_factory=list)
+    weight_kept: float = 0.0
+    alpha_total: float = 0.0
 
     @property
     def num_gaussians(self) -> int:
@@ -91,8 +102,9 @@ def teacher_resolution_camera(camera: Camera, teacher_map_shape: Sequence[int]) 
 
 
 @torch.no_grad()
-def collect_weights(gaussians: Gaussians, cameras: Sequence[Camera], top_k: int, *, progress: bool = True) -> WeightMatrix:
-    """Render every camera's top-K blend weights into one sparse matrix."""
+def collect_weights(gaussians: Gaussians, cameras: Sequence[Camera], top_k: int, *, progress: bool = True,
+                    dtype: torch.dtype = torch.float32) -> WeightMatrix:
+    """Render every camera's top-K blend weights into one sparse matrix (values of ``dtype``)."""
     g = gaussians.detach()
     n = len(g)
     rows, cols, vals, view_rows, blocks, empty = [], [], [], [], [], []
@@ -106,12 +118,12 @@ def collect_weights(gaussians: Gaussians, cameras: Sequence[Camera], top_k: int,
             # of W are zero. Nothing of it is indexed, so no backend's empty top-K can trip here.
             empty.append(i)
             blocks.append(_csr(torch.zeros(2, 0, dtype=torch.long, device=g.device),
-                               torch.zeros(0, device=g.device), (n, p)))
+                               torch.zeros(0, device=g.device, dtype=dtype), (n, p)))
             view_rows.append((offset, offset + p))
             offset += p
             continue
         ids = out.topk_ids.reshape(-1, top_k)
-        w = out.topk_weights.reshape(-1, top_k).float()
+        w = out.topk_weights.reshape(-1, top_k).to(dtype)
         valid = ids >= 0
         r = torch.arange(p, device=ids.device)[:, None].expand_as(ids)[valid]
         c, v = ids[valid], w[valid]
@@ -128,11 +140,11 @@ def collect_weights(gaussians: Gaussians, cameras: Sequence[Camera], top_k: int,
         val = torch.cat(vals)
     else:  # no view sees anything
         idx = torch.zeros(2, 0, dtype=torch.long, device=g.device)
-        val = torch.zeros(0, device=g.device)
+        val = torch.zeros(0, device=g.device, dtype=dtype)
     W = _csr(idx, val, (offset, n))
     Wt = _csr(idx.flip(0), val, (n, offset))
     return WeightMatrix(W=W, Wt=Wt, view_rows=view_rows, view_blocks=blocks, mass_kept=kept / max(total, 1e-12),
-                        empty_views=empty)
+                        empty_views=empty, weight_kept=kept, alpha_total=total)
 
 
 @torch.no_grad()
@@ -145,6 +157,7 @@ def solve_features(
     *,
     feature_dim: Optional[int] = None,
     progress: bool = True,
+    ranks: Ranks = SINGLE,
 ) -> SolveResult:
     """Per-Gaussian features that best reproduce the teacher maps through the frozen geometry.
 
@@ -153,6 +166,13 @@ def solve_features(
         cameras: training cameras; ``maps[i]()`` loads view i's teacher map [D, h, w], and
             ``sizes[i]`` is its (h, w): the blend weights are rendered at that resolution.
         feature_dim: d < D stores d-dim features and a PCA decoder d -> D.
+        ranks: several ranks share the work (every rank calls this with the same arguments
+            and the same geometry): rank r renders and holds the rows of W of its own views
+            (i % world == r) and reads only their maps; the right-hand side W^T T, the
+            diagonal, the PCA sums and, in every CG iteration, the product W^T (W p) are
+            summed over the ranks (all-reduce), so every rank holds the same iterate, computes
+            the same dot products from it and ends with the single-process solution (up to
+            float round-off).
     Returns:
         features [N, d], the decoder (or None), and stats: mass_kept, iterations,
         relative residual, seconds.
@@ -160,35 +180,50 @@ def solve_features(
     if not (len(cameras) == len(maps) == len(sizes)) or not cameras:
         raise FeatgsError("solve: need one teacher map and size per training camera, and at least one")
     t0 = time.perf_counter()
-    D = maps[0]().shape[0]
+    own = ranks.indices(len(cameras))  # every view when alone
+    D = maps[own[0]]().shape[0] if own else 0
+    if ranks.many:  # a rank without views (more ranks than views) learns D from the others
+        dims = torch.tensor([D], dtype=torch.long)
+        ranks.all_reduce_([dims], op="max")
+        D = int(dims)
     d = D if feature_dim is None or feature_dim >= D else int(feature_dim)
     basis = mean = None
     pca_kept = 1.0
     if d < D:
-        basis, mean, pca_kept = teacher_pca(maps, d, progress=progress)
-    cams = [teacher_resolution_camera(c, hw) for c, hw in zip(cameras, sizes)]
-    Wm = collect_weights(gaussians, cams, config.top_k, progress=progress)
+        basis, mean, pca_kept = _teacher_pca([maps[i] for i in own], d, ranks, progress)
+    cams = [teacher_resolution_camera(cameras[i], sizes[i]) for i in own]
+    Wm = collect_weights(gaussians, cams, config.top_k, progress=progress, dtype=PRECISION)
+    W, Wt = Wm.W.to(PRECISION), Wm.Wt.to(PRECISION)  # no copies: already so
 
-    def target(i: int) -> Tensor:
-        t = flat_map(maps[i]()).to(dev)
-        if t.shape[0] != Wm.view_rows[i][1] - Wm.view_rows[i][0] or t.shape[1] != D:
+    def target(k: int) -> Tensor:  # k: the k-th of this rank's views
+        i = own[k]
+        t = flat_map(maps[i]()).to(dev, PRECISION)
+        if t.shape[0] != Wm.view_rows[k][1] - Wm.view_rows[k][0] or t.shape[1] != D:
             raise FeatgsError(f"solve: teacher map {i} is not [{D}, {sizes[i][0]}, {sizes[i][1]}]")
-        return t if basis is None else (t - mean.to(dev)) @ basis.to(dev)
+        return t if basis is None else (t - mean.to(dev, PRECISION)) @ basis.to(dev, PRECISION)
 
     n = Wm.num_gaussians
     dev = Wm.W.device
-    b = torch.zeros(n, d, device=dev)
+    b = torch.zeros(n, d, device=dev, dtype=PRECISION)
     empty = set(Wm.empty_views)
-    for i, block in enumerate(tqdm(Wm.view_blocks, desc="W^T T", unit="view", disable=not progress, leave=False)):
-        if i not in empty:  # an empty view's block is zero: its teacher map is not even read
-            b += block @ target(i)
-    ones = torch.ones(Wm.W.shape[0], 1, device=dev)
-    seen = (Wm.Wt @ ones).squeeze(1)  # sum_p w_i(p)
-    diag = (_square(Wm.Wt) @ ones).squeeze(1)  # sum_p w_i(p)^2
+
+    def right_hand_side() -> None:
+        for k, block in enumerate(tqdm(Wm.view_blocks, desc="W^T T", unit="view", disable=not progress, leave=False)):
+            if k not in empty:  # an empty view's block is zero: its teacher map is not even read
+                b.add_(block.to(PRECISION) @ target(k))
+
+    ranks.settle(right_hand_side)  # a bad map on one rank stops every rank
+    ones = torch.ones(W.shape[0], 1, device=dev, dtype=PRECISION)
+    seen = (Wt @ ones).squeeze(1)  # sum_p w_i(p)
+    diag = (_square(Wt) @ ones).squeeze(1)  # sum_p w_i(p)^2
+    counts = torch.tensor([Wm.weight_kept, Wm.alpha_total, len(Wm.empty_views)], dtype=torch.float64, device=dev)
+    ranks.all_reduce_([b, seen, diag, counts])
     lam = config.reg * float(diag[diag > 0].mean()) if (diag > 0).any() else 1.0
 
     def apply_A(x: Tensor) -> Tensor:
-        return Wm.Wt @ (Wm.W @ x) + lam * x
+        y = Wt @ (W @ x)
+        ranks.all_reduce_([y])  # the partial products of every rank's pixel rows
+        return y + lam * x
 
     # Weighted average of the teacher features: a fair answer on its own, and CG's start.
     x = torch.where(seen[:, None] > 0, b / seen.clamp_min(1e-12)[:, None], torch.zeros_like(b))
@@ -217,20 +252,51 @@ def solve_features(
     else:
         it = config.cg_iters
     decoder = None if basis is None else LinearDecoder(weight=basis.contiguous().to(dev), bias=mean.to(dev))
+    kept, total, views_empty = counts.tolist()
     stats = {
         "feature_dim": d,
         "teacher_dim": D,
         "pca_variance_kept": pca_kept,
         "top_k": config.top_k,
-        "topk_mass_kept": Wm.mass_kept,
+        "topk_mass_kept": kept / max(total, 1e-12) if ranks.many else Wm.mass_kept,
         "cg_iterations": it,
         "relative_residual": rel,
         "unseen_gaussians": int((seen == 0).sum()),
-        "views_seeing_nothing": len(Wm.empty_views),
+        "views_seeing_nothing": int(views_empty),
         "seconds": time.perf_counter() - t0,
     }
-    return SolveResult(features=x, decoder=decoder, stats=stats)
+    if ranks.many:
+        stats["ranks"] = ranks.world_size
+    return SolveResult(features=x.float(), decoder=decoder, stats=stats)
 
+
+def _teacher_pca(maps: Sequence[TeacherMap], dim: int, ranks: Ranks, progress: bool) -> Tuple[Tensor, Tensor, float]:
+    """:func:`teacher_pca` over every rank's ``maps`` (its own views): the sums of the features
+    and of their outer products are all-reduced, then every rank takes the same eigenvectors."""
+    if not ranks.many:
+        return teacher_pca(maps, dim, progress=progress)
+    s = ss = None
+    count = 0
+    D = None
+    for load in tqdm(maps, desc="teacher PCA", unit="view", disable=not progress, leave=False):
+        t = flat_map(load()).double()
+        s = t.sum(0) if s is None else s + t.sum(0)
+        ss = t.T @ t if ss is None else ss + t.T @ t
+        count += t.shape[0]
+        D = t.shape[1]
+    dims = torch.tensor([D or 0], dtype=torch.long)
+    ranks.all_reduce_([dims], op="max")
+    D = int(dims)
+    s = torch.zeros(D, dtype=torch.float64) if s is None else s
+    ss = torch.zeros(D, D, dtype=torch.float64) if ss is None else ss
+    n = torch.tensor([float(count)], dtype=torch.float64, device=s.device)
+    ranks.all_reduce_([s, ss, n])
+    mean = s / n
+    cov = ss / n - torch.outer(mean, mean)
+    evals, evecs = torch.linalg.eigh(cov)  # the same matrix on every rank: the same basis
+    order = torch.argsort(evals, descending=True)[:dim]
+    kept = float(evals[order].clamp_min(0).sum() / evals.clamp_min(0).sum().clamp_min(1e-30))
+    return evecs[:, order].float(), mean.float(), kept
 
 
 def _square(csr: Tensor) -> Tensor:
