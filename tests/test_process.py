@@ -354,3 +354,95 @@ def test_umeyama_and_camera_errors_undo_a_similarity():
     errors = compare_cameras(recovered, reference)
     assert errors.matched == 6 and errors.median_rotation_deg < 1e-5 and errors.median_centre < 1e-9
     assert abs(errors.scale - s) < 1e-9
+
+
+# --------------------------------------------------------------------------- label maps
+
+
+def test_colmap_datasets_carry_label_maps(tabletop_data, tmp_path):
+    from data_builders import to_colmap
+
+    from featgs.data.labels import read_label_names
+
+    data = to_colmap(tabletop_data, tmp_path / "colmap", binary=True)
+    (data / "labels").mkdir()
+    for p in (tabletop_data / "labels").iterdir():
+        shutil.copyfile(p, data / "labels" / p.name)
+    plain = load_scene(data, normalize=False)  # label maps but no labels.json: not used
+    assert plain.label_names is None and all(v.labels_path is None for v in plain.views)
+    shutil.copyfile(tabletop_data / "labels.json", data / "labels.json")
+    scene = load_scene(data, normalize=False)
+    assert scene.label_names == read_label_names(tabletop_data / "labels.json")
+    assert all(v.labels_path == data / "labels" / (v.image_path.stem + ".png") for v in scene.views)
+    reference = {v.camera.name: v for v in load_scene(tabletop_data, normalize=False).views}
+    view = scene.train[0]
+    assert (view.labels() == reference[view.camera.name].labels()).all()
+    small = load_scene(data, normalize=False, downscale=2).train[0]  # resized, nearest, to the camera
+    assert tuple(small.labels().shape) == (small.camera.height, small.camera.width)
+    (data / "labels" / (view.image_path.stem + ".png")).unlink()  # a view without one: None
+    assert sum(v.labels_path is None for v in load_scene(data, normalize=False).views) == 1
+
+
+def _labelled_photos(folder: Path, n: int = 3, size=(80, 60)) -> Path:
+    (folder / "labels").mkdir(parents=True)
+    for i in range(n):
+        _photo(folder / f"IMG_{i}.jpg", size=size)
+        Image.fromarray(np.full(size[::-1], i % 2, np.uint8)).save(folder / "labels" / f"IMG_{i}.png")
+    (folder / "labels.json").write_text('{"0": "floor", "1": "mug"}')
+    return folder
+
+
+def _stage(src: Path, tmp_path: Path, **config):
+    staged_dir = tmp_path / "staged"
+    shutil.rmtree(staged_dir, ignore_errors=True)
+    staged_dir.mkdir()
+    return stage_inputs(src, staged_dir, ProcessConfig(**config), progress=False)
+
+
+def test_label_maps_beside_photos_are_found_and_checked(tmp_path):
+    src = _labelled_photos(tmp_path / "photos")
+    staged = _stage(src, tmp_path)
+    assert staged.labels == {f"IMG_{i}.jpg": src / "labels" / f"IMG_{i}.png" for i in range(3)}
+    assert staged.label_names == src / "labels.json" and staged.ignored == []
+    assert _stage(src, tmp_path, max_size=40).labels  # photos resized for SIFT: maps at full size still fit
+    # 'auto' fits a pinhole camera when there are label maps: no undistortion to move the images
+    assert ProcessConfig().resolve_camera_model(labels=True) == "PINHOLE"
+    assert ProcessConfig().resolve_camera_model(labels=False) == "SIMPLE_RADIAL"
+    assert ProcessConfig(camera_model="OPENCV").resolve_camera_model(labels=True) == "OPENCV"
+
+    Image.fromarray(np.full((60, 80), 7, np.uint8)).save(src / "labels" / "IMG_1.png")
+    with pytest.raises(FeatgsError, match=r"IMG_1\.png: label ids 7 are not named in .*labels\.json"):
+        _stage(src, tmp_path)
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(src / "labels" / "IMG_1.png")
+    with pytest.raises(FeatgsError, match=r"IMG_1\.png: label map is 10x10; expected the size of its photo"):
+        _stage(src, tmp_path)
+    (src / "labels" / "IMG_1.png").unlink()
+    with pytest.raises(FeatgsError, match=r"no label map for 1 of 3 photos \(IMG_1\.png\)"):
+        _stage(src, tmp_path)
+    (src / "labels.json").unlink()
+    with pytest.raises(FeatgsError, match="label maps but no labels.json"):
+        _stage(src, tmp_path)
+
+
+def test_label_maps_and_a_radial_camera_model_is_a_one_line_error(tmp_path, monkeypatch):
+    """Label maps cannot be undistorted: if the model still needs undistortion, refuse."""
+    from featgs.process import pipeline
+
+    src = _labelled_photos(tmp_path / "photos")
+
+    class Model:
+        def reg_image_ids(self):
+            return [1, 2, 3]
+
+    def fake_map(database, folder, output, num_images, *, config, progress):
+        assert config.camera_model == "SIMPLE_RADIAL"  # as asked, not auto's PINHOLE
+        return [Model()]
+
+    monkeypatch.setattr(pipeline.sfm, "extract_features", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline.sfm, "match_features", lambda *a, **k: None)
+    monkeypatch.setattr(pipeline.sfm, "map_images", fake_map)
+    monkeypatch.setattr(pipeline.sfm, "registered_names", lambda model: [f"IMG_{i}.jpg" for i in range(3)])
+    monkeypatch.setattr(pipeline, "needs_undistortion", lambda model: True)
+    with pytest.raises(FeatgsError, match="label maps cannot follow the undistortion"):
+        process_input(src, tmp_path / "data", ProcessConfig(camera_model="SIMPLE_RADIAL", threads=1), progress=False)
+    assert not (tmp_path / "data").exists() and _leftovers(tmp_path) == []

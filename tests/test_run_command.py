@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import shutil
 
+import numpy as np
 import pytest
 
 from featgs.cli import main
-from featgs.commands.run import resolve_teacher
+from featgs.commands.run import _check_photo_options, resolve_teacher
+from featgs.errors import FeatgsError
 from featgs.teachers.options import TeacherOptions
 from test_process import make_textured_tabletop
 
@@ -69,9 +73,53 @@ def test_run_refuses_before_the_slow_stages(tmp_path, capsys):
     photos.mkdir()
     run = tmp_path / "run"
     assert main(["run", str(photos), "--out", str(run), "--teacher", "labels", "--quiet"]) == 2
-    assert "have no label maps" in capsys.readouterr().err
+    assert "without label maps" in capsys.readouterr().err
     assert main(["run", str(photos), "--out", str(run), "--data", str(run), "--quiet"]) == 2
     assert "name the same folder" in capsys.readouterr().err
     assert main(["run", str(photos), "--out", str(run), "--quiet"]) == 2  # no photos: process's own error
     assert "no photos found" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]
+
+
+@pytest.mark.slow
+def test_run_from_photos_with_label_maps_finds_each_object(tmp_path, capsys):
+    scene = make_textured_tabletop(tmp_path / "scene")
+    photos = tmp_path / "photos"  # images (no poses), labels/<stem>.png and labels.json
+    shutil.copytree(scene / "images", photos)
+    shutil.copytree(scene / "labels", photos / "labels")
+    shutil.copyfile(scene / "labels.json", photos / "labels.json")
+    run = tmp_path / "run"
+    short = ["--iters", "100", "--refine-start", "30", "--refine-every", "30", "--checkpoint-every", "1000",
+             "--threads", "2", "--quiet"]
+    assert main(["run", str(photos), "--out", str(run), "--teacher", "labels", "--downscale", "4",
+                 "--feature-dim", "8", "--no-eval", *short]) == 0
+    out = capsys.readouterr().out
+    data = tmp_path / "run-data"
+    summary = json.loads((data / "process.json").read_text())["summary"]
+    assert summary["camera_model"] == "PINHOLE" and not summary["undistorted"]  # auto: no undistortion
+    assert summary["labels"] == summary["registered"] == len(list((data / "labels").iterdir()))
+    assert "teacher labels" in out
+    room = {"floor", "wall", "ceiling", "background"}  # the room around the objects, not objects
+    names = [n for n in json.loads((photos / "labels.json").read_text()).values() if n not in room]
+    assert len(names) >= 5
+    centroids = {}
+    for name in names:
+        assert main(["query", str(run), name, "--json"]) == 0
+        found = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert found["num_selected"] > 0, name
+        centroids[name] = np.array(found["centroid"])
+    for a, b in itertools.combinations(centroids, 2):
+        assert np.linalg.norm(centroids[a] - centroids[b]) > 1e-3, (a, b)
+
+
+def test_teacher_labels_for_photos_needs_their_label_maps(tmp_path):
+    photos = tmp_path / "photos"
+    (photos / "labels").mkdir(parents=True)
+    with pytest.raises(FeatgsError, match="without label maps"):
+        _check_photo_options(photos, tmp_path / "run", tmp_path / "data", "labels")
+    (photos / "labels.json").write_text('{"0": "floor"}')
+    _check_photo_options(photos, tmp_path / "run", tmp_path / "data", "labels")  # accepted
+    data = tmp_path / "data"  # as `featgs process` leaves it with label maps
+    (data / "labels").mkdir(parents=True)
+    (data / "labels.json").write_text('{"0": "floor"}')
+    assert resolve_teacher("auto", TeacherOptions(), data, processed=True) == "labels"

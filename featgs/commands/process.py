@@ -18,10 +18,19 @@ has CUDA), undistort the images to pinhole cameras and write a COLMAP dataset fo
   DATA/images_2/ _4/ _8/  the same at 1/2, 1/4, 1/8 size (used by train --downscale 2|4|8)
   DATA/sparse/0/          the COLMAP model (PINHOLE cameras, poses, 3D points)
   DATA/process.json       this summary and the options used
+  DATA/labels/ labels.json  the label maps, when INPUT has them (below)
 
 INPUT is a folder of photos (JPEG, PNG; WebP, TIFF, AVIF, and HEIC with pillow-heif;
 EXIF orientation applied; file names in natural order) or a video file (MP4, MOV, MKV,
 WebM, ...; a frame every 1/--fps seconds, decoded with PyAV).
+
+Label maps (optional, photos only): INPUT/labels/<photo stem>.png, a single-channel PNG of
+label ids per photo at the photo's size (IMG_1.jpg -> labels/IMG_1.png), and INPUT/labels.json
+naming the ids ({"0": "floor", "1": "mug", ...}). Every photo needs one. They are copied to
+DATA/labels/<image stem>.png and DATA/labels.json for the registered images, so `featgs train
+--teacher labels` can use them. Undistortion would move the images away from their label
+maps, so --camera-model auto fits PINHOLE cameras when label maps are given (a radial model
+with label maps is an error).
 
 Which pairs are matched (--matcher auto): sequential neighbours for a video; every pair
 (exhaustive) for up to 100 photos; beyond that a vocabulary tree (--vocab-tree PATH, a
@@ -72,5 +81,6 @@ def run_process(args: argparse.Namespace) -> int:
         print(note)
     print_warnings(summary)
     print(format_summary(summary, str(args.out)))
-    print(f"next: featgs train {args.out} --out RUN --teacher none   (or featgs run {args.out} --out RUN)")
+    teacher = "labels" if summary.labels else "none"
+    print(f"next: featgs train {args.out} --out RUN --teacher {teacher}   (or featgs run {args.out} --out RUN)")
     return 0

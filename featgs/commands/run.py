@@ -10,6 +10,7 @@ from typing import Optional
 
 from featgs.commands.threads import add_threads_argument, apply_threads
 from featgs.configargs import add_config_arguments, config_from_args
+from featgs.data.labels import LABELS_FILE
 from featgs.errors import FeatgsError
 
 DESCRIPTION = """\
@@ -24,10 +25,15 @@ reuses it, so a failed or interrupted training does not redo structure from moti
 
 --teacher auto (the default) picks what works without extra files: 'sam' and/or 'clip' when
 their checkpoints are given (--sam-checkpoint, --clip-checkpoint); else 'labels' when the
-dataset has label maps (scenes made by `featgs scene make`); else 'none': geometry and colour
-only, a run to view, render and evaluate but with no features to query. Photos and videos
-have no label maps, so text queries on them need --teacher clip (with a local open_clip
-checkpoint); nothing is downloaded.
+dataset has label maps (scenes made by `featgs scene make`, or a folder of photos with
+label maps, see below); else 'none': geometry and colour only, a run to view, render and
+evaluate but with no features to query. Without label maps, text queries on photos and
+videos need --teacher clip (with a local open_clip checkpoint); nothing is downloaded.
+
+Label maps for photos: INPUT/labels/<photo stem>.png (single-channel PNGs of label ids, at
+the photo's size) and INPUT/labels.json ({"0": "floor", "1": "mug", ...}); `featgs process`
+carries them into the dataset (fitting a PINHOLE camera, so that no undistortion moves the
+images away from them) and --teacher labels (or auto) trains on them.
 
 Training uses `featgs train`'s defaults (2000 steps at full size): on a CPU, photos train
 much faster with --downscale 4 (the dataset ships images_4/) and fewer --iters.
@@ -94,9 +100,15 @@ def _check_photo_options(source: Path, run: Path, data: Path, teacher: str) -> N
     """Refuse, before structure from motion, what would fail after it."""
     if data.resolve() == run.resolve():
         raise FeatgsError(f"{data}: --data and --out name the same folder; expected two folders (the dataset, the run)")
-    if "labels" in {n.strip() for n in teacher.split(",")}:
-        raise FeatgsError(f"--teacher labels: {source} is photos or a video, which have no label maps; expected a "
-                          "dataset with label maps, or --teacher auto, none, sam or clip")
+    if "labels" in {n.strip() for n in teacher.split(",")} and not _photos_with_labels(source):
+        raise FeatgsError(f"--teacher labels: {source} is photos or a video without label maps; expected a dataset "
+                          f"with label maps, photos with {source / 'labels'}/<photo stem>.png and "
+                          f"{source / LABELS_FILE}, or --teacher auto, none, sam or clip")
+
+
+def _photos_with_labels(source: Path) -> bool:
+    """Whether ``source`` is a folder of photos with label maps (labels/ and labels.json)."""
+    return source.is_dir() and (source / "labels").is_dir() and (source / LABELS_FILE).is_file()
 
 
 def _processed_from(data: Path, source: Path) -> bool:
@@ -110,9 +122,13 @@ def _processed_from(data: Path, source: Path) -> bool:
         return False
 
 
-def _has_label_maps(data: Path) -> bool:
+def _has_label_maps(data: Path, processed: bool) -> bool:
+    """Whether the dataset ``data`` has label maps; for one `featgs process` made, whether it
+    carried label maps (labels/ and labels.json) over from the photos."""
     from featgs.data import load_scene
 
+    if processed:
+        return (data / "labels").is_dir() and (data / LABELS_FILE).is_file()
     scene = load_scene(data, normalize=False)
     return any(v.labels_path is not None for v in scene.views)
 
@@ -125,7 +141,7 @@ def resolve_teacher(spec: str, options, data: Path, processed: bool) -> str:
     found = [name for name, given in (("sam", options.sam_checkpoint), ("clip", options.clip_checkpoint)) if given]
     if found:
         return ",".join(found)
-    if not processed and _has_label_maps(data):
+    if _has_label_maps(data, processed):
         return "labels"
     return "none"
 

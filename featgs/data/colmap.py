@@ -5,6 +5,10 @@ ones are undistorted on loading, as OpenCV k1 k2 p1 p2); images may differ in si
 are COLMAP's world-to-camera quaternion and translation, turned into OpenCV camtoworld. The
 model's 3D points and colours become the initial points.
 
+Label maps (featgs): with ``labels.json`` in the folder (label id -> name, as for transforms
+datasets), an image ``images/NAME.jpg`` whose ``labels/NAME.png`` exists has that label map
+(a single-channel PNG of label ids, at any size: it is resized, nearest, to the camera).
+
 Split: images sorted by name, every 8th (0, 8, 16, ...) is a test view, as in the 3DGS and
 mip-NeRF 360 evaluations. The split is decided before missing image files are skipped, so
 a missing file never shifts it.
@@ -22,6 +26,7 @@ from featgs.camera import Camera
 from featgs.data.colmap_model import ColmapCamera, ColmapImage, read_model
 from featgs.data.conventions import colmap_to_camtoworld
 from featgs.data.images import image_size
+from featgs.data.labels import label_names_beside
 from featgs.data.scene import Scene, View
 from featgs.errors import FeatgsError
 
@@ -70,18 +75,27 @@ def sparse_folder(root: Path) -> Path:
 def load_colmap(root: Path, background: Sequence[float]) -> Scene:
     """A COLMAP dataset folder, in COLMAP's world frame."""
     model = read_model(sparse_folder(root))
+    label_names = label_names_beside(root)
     train: list[View] = []
     test: list[View] = []
     skipped = 0
     for i, image in enumerate(sorted(model.images, key=lambda im: im.name)):
         path = root / "images" / image.name
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except (OSError, ValueError) as e:  # a name too long for the OS, say
+            raise FeatgsError(f"{model.images_path}: image name {image.name[:60]!r} is not a usable path ({e.__class__.__name__}); "
+                              f"expected a file under {root / 'images'}") from None
+        if not found:
             skipped += 1
             continue
         if image.camera_id not in model.cameras:
             raise FeatgsError(f"{model.images_path}: image {image.name} uses camera {image.camera_id}, which {model.cameras_path} lacks")
         camera = colmap_camera(model.cameras[image.camera_id], image, path, model.cameras_path)
-        (test if i % TEST_EVERY == 0 else train).append(View(camera, path, background=tuple(background)))
+        labels = (root / "labels" / image.name).with_suffix(".png") if label_names is not None else None
+        view = View(camera, path, labels_path=labels if labels is not None and labels.is_file() else None,
+                    background=tuple(background))
+        (test if i % TEST_EVERY == 0 else train).append(view)
     if not train and not test:
         raise FeatgsError(f"{model.images_path}: no usable images; expected the {len(model.images)} registered images under {root / 'images'}")
     if skipped:
@@ -90,4 +104,4 @@ def load_colmap(root: Path, background: Sequence[float]) -> Scene:
     if model.points is not None:
         points = torch.from_numpy(model.points.astype("float32"))
         colors = torch.from_numpy(model.colors.astype("float32") / 255.0)
-    return Scene(root, "colmap", train, test, points, colors, num_skipped=skipped)
+    return Scene(root, "colmap", train, test, points, colors, label_names, num_skipped=skipped)

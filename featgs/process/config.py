@@ -11,8 +11,9 @@ from featgs.errors import FeatgsError
 
 MATCHERS = ("auto", "exhaustive", "sequential", "vocab")
 CAMERA_MODES = ("auto", "single", "per-image")
-# Models the mapper may fit; the radial ones are undistorted to PINHOLE afterwards.
-CAMERA_MODELS = ("SIMPLE_RADIAL", "RADIAL", "OPENCV", "SIMPLE_PINHOLE", "PINHOLE")
+# Models the mapper may fit; the radial ones are undistorted to PINHOLE afterwards. 'auto' is
+# SIMPLE_RADIAL, or PINHOLE when the input has label maps (which undistortion cannot resample).
+CAMERA_MODELS = ("auto", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "SIMPLE_PINHOLE", "PINHOLE")
 PINHOLE_MODELS = ("SIMPLE_PINHOLE", "PINHOLE")
 
 # Exhaustive matching compares every pair: n (n - 1) / 2 pairs, 4950 at 100 images, which
@@ -41,8 +42,9 @@ class ProcessConfig:
     camera: str = _f("auto", "camera intrinsics: 'single' (one camera for all images), 'per-image', or 'auto' "
                      "(single for a video, and for photos of one size whose EXIF names one camera and focal "
                      "length; else per image)", choices=list(CAMERA_MODES))
-    camera_model: str = _f("SIMPLE_RADIAL", "COLMAP camera model the mapper fits; radial models are undistorted "
-                           "to PINHOLE", choices=list(CAMERA_MODELS))
+    camera_model: str = _f("auto", "COLMAP camera model the mapper fits; radial models are undistorted "
+                           "to PINHOLE; 'auto': SIMPLE_RADIAL, or PINHOLE when INPUT has label maps (which "
+                           "cannot be undistorted)", choices=list(CAMERA_MODELS))
     max_features: int = _f(8192, "most SIFT features per image", min=64)
     overlap: int = _f(10, "sequential matching: how many following images each image is matched with", min=1)
     threads: int = _f(0, "CPU threads of feature extraction, matching and mapping (0: one per core)", min=0)
@@ -54,6 +56,13 @@ class ProcessConfig:
     def num_threads(self) -> int:
         """Threads to give pycolmap: ``threads``, or one per core."""
         return self.threads or (os.cpu_count() or 1)
+
+    def resolve_camera_model(self, labels: bool) -> str:
+        """The camera model the mapper fits: ``camera_model``, with 'auto' resolved (PINHOLE
+        when the input has label maps, so no undistortion is needed; else SIMPLE_RADIAL)."""
+        if self.camera_model != "auto":
+            return self.camera_model
+        return "PINHOLE" if labels else "SIMPLE_RADIAL"
 
     def resolve_matcher(self, num_images: int, video: bool) -> str:
         """The matcher to use for ``num_images`` images (from a video or not): 'auto' resolved;

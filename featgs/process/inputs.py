@@ -12,6 +12,12 @@ Video: decoded with PyAV (FFmpeg's libraries, shipped in its wheel), a frame tak
 (phones record portrait video sideways with a rotation flag), written as
 ``frame_00000.jpg``, ``frame_00001.jpg``, ... (JPEG at quality 95).
 
+Label maps (photos only): a ``labels/`` folder in the photo folder with one single-channel PNG
+of label ids per photo, named by the photo's stem (``IMG_1.jpg`` -> ``labels/IMG_1.png``), at
+the photo's size (or its --max-size size), and ``labels.json`` beside the photos naming the
+ids (``{"0": "floor", "1": "mug"}``). They are checked here and left where they are; the
+pipeline copies those of the registered images into the dataset.
+
 Every input is decoded whole here, so an unreadable file stops the run before the slow
 stages, with a one-line error naming it.
 """
@@ -27,10 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from featgs.data.images import DECODE_ERRORS, check_format
+from featgs.data.images import DECODE_ERRORS, check_format, read_label_map
+from featgs.data.labels import LABELS_FILE, read_label_names
 from featgs.errors import FeatgsError
 from featgs.process.config import ProcessConfig
 
@@ -40,6 +48,7 @@ HEIF_EXTENSIONS = (".heic", ".heif")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".mts", ".m2ts", ".3gp", ".wmv", ".ogv")
 JPEG_QUALITY = 95
 MIN_IMAGES = 3  # two views fix a scale-free pair; a third is the least that checks it
+LABELS_FOLDER = "labels"  # INPUT/labels/<photo stem>.png with INPUT/labels.json: label maps
 
 _ORIENTATION = 0x0112
 _EXIF_IFD = 0x8769
@@ -64,13 +73,16 @@ class StagedImage:
 class StagedInputs:
     """The staged images (``images``, in matching order: file names sorted naturally, or
     frame order), the ``folder`` holding them, whether they come from a video, and the files
-    of the input folder that were not taken as images (``ignored``, names)."""
+    of the input folder that were not taken as images (``ignored``, names). With label maps:
+    ``labels`` maps each staged image name to its label map, ``label_names`` is labels.json."""
 
     folder: Path
     images: list[StagedImage]
     video: bool
     ignored: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    labels: dict[str, Path] = field(default_factory=dict)
+    label_names: Optional[Path] = None
 
     @property
     def names(self) -> list[str]:
@@ -140,6 +152,10 @@ def _stage_folder(source: Path, folder: Path, config: ProcessConfig, progress: b
     if any(p.suffix.lower() in HEIF_EXTENSIONS for p in photos):
         _register_heif(next(p for p in photos if p.suffix.lower() in HEIF_EXTENSIONS))
     names = _staged_names(photos)
+    label_names = source / LABELS_FILE
+    has_labels = (source / LABELS_FOLDER).is_dir() or label_names.is_file()
+    if has_labels:
+        ignored = [n for n in ignored if n not in (LABELS_FOLDER + "/", LABELS_FILE)]
     bar = tqdm(total=len(photos), desc="reading photos", unit="image", disable=not progress)
 
     def one(args: tuple[Path, str]) -> StagedImage:
@@ -158,7 +174,48 @@ def _stage_folder(source: Path, folder: Path, config: ProcessConfig, progress: b
     resized = sum(im.resized for im in images)
     if resized:
         notes.append(f"resized {resized} of {len(images)} photos to at most {config.max_size} px (--max-size)")
-    return StagedInputs(folder, images, video=False, ignored=ignored, notes=notes)
+    if not has_labels:
+        return StagedInputs(folder, images, video=False, ignored=ignored, notes=notes)
+    labels = _find_label_maps(source, photos, images)
+    notes.append(f"label maps: {len(labels)} in {source / LABELS_FOLDER}, names in {label_names}")
+    return StagedInputs(folder, images, video=False, ignored=ignored, notes=notes, labels=labels,
+                        label_names=label_names)
+
+
+def _find_label_maps(source: Path, photos: list[Path], images: list[StagedImage]) -> dict[str, Path]:
+    """Staged image name -> its label map ``source/labels/<photo stem>.png``, each checked: a
+    single-channel PNG at the photo's size (or its --max-size size) of ids that labels.json
+    names. A one-line error for a missing or unusable one."""
+    folder, names_file = source / LABELS_FOLDER, source / LABELS_FILE
+    expected = (f"{folder}/<photo stem>.png (single-channel PNGs of label ids, one per photo) and {names_file} "
+                '(e.g. {"0": "floor", "1": "mug"})')
+    if not folder.is_dir():
+        raise FeatgsError(f"{names_file}: label names but no label maps; expected {expected}")
+    if not names_file.is_file():
+        raise FeatgsError(f"{folder}: label maps but no {LABELS_FILE} beside the photos; expected {expected}")
+    ids = set(read_label_names(names_file))
+    labels: dict[str, Path] = {}
+    missing = []
+    for photo, staged in zip(photos, images):
+        path = folder / (photo.stem + ".png")
+        if not path.is_file():
+            missing.append(path.name)
+            continue
+        label_map = read_label_map(path)
+        h, w = label_map.shape[:2]
+        if fit_size(w, h, max(staged.size)) != staged.size:
+            raise FeatgsError(f"{path}: label map is {w}x{h}; expected the size of its photo {photo.name} "
+                              f"(upright; {staged.size[0]}x{staged.size[1]} after --max-size)")
+        unnamed = sorted(set(np.unique(label_map).tolist()) - ids)
+        if unnamed:
+            raise FeatgsError(f"{path}: label ids {', '.join(map(str, unnamed[:5]))} are not named in {names_file}; "
+                              f"expected ids among {', '.join(map(str, sorted(ids)[:10]))}")
+        labels[staged.name] = path
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise FeatgsError(f"{folder}: no label map for {len(missing)} of {len(photos)} photos ({shown}); "
+                          f"expected {expected}")
+    return labels
 
 
 def _register_heif(example: Path) -> None:

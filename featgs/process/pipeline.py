@@ -10,6 +10,9 @@ removed on any error or Ctrl-C. The dataset folder holds::
     images/            the registered images, undistorted (PINHOLE), at most --max-size px
     images_2/ _4/ _8/  the same at 1/2, 1/4, 1/8 size (featgs train --downscale 2|4|8 reads them)
     sparse/0/          the COLMAP model: cameras, images, points3D, rigs, frames (.bin)
+    labels/ labels.json  only when INPUT has label maps (see :mod:`.inputs`): the label map of
+                       each registered image, ``labels/<image stem>.png``, at the photo's size
+                       (the loader resizes it, nearest, to the camera), and the label names
     process.json       the summary (ProcessSummary) and the options used
 """
 
@@ -20,18 +23,19 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from featgs import __version__
 from featgs.atomic import atomic_write_text
+from featgs.data.labels import LABELS_FILE
 from featgs.errors import FeatgsError
 from featgs.process import sfm
 from featgs.process.config import ProcessConfig
-from featgs.process.inputs import stage_inputs
+from featgs.process.inputs import LABELS_FOLDER, stage_inputs
 from featgs.process.pyramid import write_pyramid
 from featgs.process.summary import MIN_REGISTERED_FRACTION, ProcessSummary, names_shown, registration_warning
-from featgs.process.undistort import write_dataset
+from featgs.process.undistort import needs_undistortion, write_dataset
 
 SUMMARY_FILE = "process.json"
 
@@ -110,6 +114,8 @@ def _process(source: Path, tmp: Path, config: ProcessConfig, progress: bool) -> 
     staged_dir.mkdir(parents=True)
     staged = stage_inputs(source, staged_dir, config, progress=progress)
     names = staged.names
+    # Label maps cannot be undistorted with the images: fit a pinhole camera ('auto').
+    config = replace(config, camera_model=config.resolve_camera_model(labels=bool(staged.labels)))
     matcher = config.resolve_matcher(len(names), staged.video)
     lap("inputs")
 
@@ -133,9 +139,15 @@ def _process(source: Path, tmp: Path, config: ProcessConfig, progress: bool) -> 
                 f"({100 * len(registered) / len(names):.0f}%, at least {100 * MIN_REGISTERED_FRACTION:.0f}% needed)"
                 f"{_more_models(models)}; expected overlapping views of a static, textured scene"
                 + ("" if matcher == "exhaustive" else " (try --matcher exhaustive)"))
+        if staged.labels and needs_undistortion(best):
+            raise FeatgsError(f"{source}: the label maps cannot follow the undistortion that camera model "
+                              f"{config.camera_model} needs; expected --camera-model auto, PINHOLE or SIMPLE_PINHOLE "
+                              "with label maps")
         dataset = tmp / "dataset"
         undistorted = write_dataset(best, staged_dir, dataset, tmp / "work", max_size=config.max_size,
                                     threads=config.num_threads(), progress=progress)
+        if staged.labels:
+            _copy_label_maps(staged, registered, dataset)
         lap("undistort")
     write_pyramid(dataset, threads=config.num_threads(), progress=progress)
     lap("pyramid")
@@ -152,11 +164,20 @@ def _process(source: Path, tmp: Path, config: ProcessConfig, progress: bool) -> 
         camera_model=config.camera_model, undistorted=undistorted,
         mean_reprojection_error=sfm.mean_reprojection_error(best), points=best.num_points3D(),
         image_size=_image_size(dataset / "images" / first.name, cam), seconds=seconds, notes=list(staged.notes),
-        warnings=[w for w in [warning] if w])
+        warnings=[w for w in [warning] if w], labels=len(registered) if staged.labels else 0)
     record = {"featgs_process": 1, "featgs_version": __version__, "summary": summary.to_dict(), "config": asdict(config),
               "sources": {im.name: im.source for im in staged.images}}
     atomic_write_text(dataset / SUMMARY_FILE, json.dumps(record, indent=2) + "\n")
     return summary
+
+
+def _copy_label_maps(staged, registered: list[str], dataset: Path) -> None:
+    """``dataset/labels/<image stem>.png`` for each registered image, and ``labels.json``."""
+    folder = dataset / LABELS_FOLDER
+    folder.mkdir()
+    for name in registered:
+        shutil.copyfile(staged.labels[name], (folder / name).with_suffix(".png"))
+    shutil.copyfile(staged.label_names, dataset / LABELS_FILE)
 
 
 def _one_camera(config: ProcessConfig, staged) -> bool:

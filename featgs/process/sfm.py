@@ -71,7 +71,7 @@ def extract_features(database: Path, folder: Path, names: Sequence[str], *, one_
 
     threads = config.num_threads()
     reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = config.camera_model
+    reader.camera_model = config.resolve_camera_model(labels=False)  # the pipeline resolves 'auto' first
     options = pycolmap.FeatureExtractionOptions()
     options.num_threads = threads
     options.max_image_size = config.max_size

@@ -29,6 +29,7 @@ class ProcessSummary:
     image_size: [width, height] of the first registered image in images/.
     seconds: wall seconds per stage (STAGES) and "total".
     notes / warnings: lines for the user (warnings: a partial registration, a cut video).
+    labels: label maps copied to labels/ (those of the registered images; 0 without).
     """
 
     source: str
@@ -47,6 +48,7 @@ class ProcessSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    labels: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,6 +77,7 @@ def format_summary(s: ProcessSummary, out: str) -> str:
         f"({s.camera_model}{' -> PINHOLE' if s.undistorted else ''}), {s.matcher} matching"
         + (f", largest of {s.models} models" if s.models > 1 else ""),
         "seconds: " + "  ".join(f"{k} {s.seconds[k]:.1f}" for k in (*STAGES, "total") if k in s.seconds),
-        f"-> {out} ({s.image_size[0]}x{s.image_size[1]}; images/, sparse/0, images_2/4/8)",
+        f"-> {out} ({s.image_size[0]}x{s.image_size[1]}; images/, sparse/0, images_2/4/8"
+        + (f", labels/ ({s.labels} label maps)" if s.labels else "") + ")",
     ]
     return "\n".join(lines)
