@@ -183,7 +183,6 @@ def _solve_problem():
 
 
 def _job_solve(out: str) -> None:
-    from featgs.train.solve import SolveConfig, solve_features
 
     with process_group(torch.device("cpu")) as ranks:
         _solve_in(ranks, out)
