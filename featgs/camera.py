@@ -22,6 +22,9 @@ from featgs.errors import FeatgsError
 # camera, so a larger one is a mistake (1e30, Infinity) that would only fail later, deep in
 # an allocation or an integer overflow.
 MAX_IMAGE_SIDE = 1 << 20
+# Smallest focal length, in pixels, of a user's camera: a field of view of 179.9 degrees at one
+# pixel wide. A smaller one makes the renderer's float32 view bounds (image size / focal) overflow.
+MIN_FOCAL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ class Camera:
     def check_plausible(self, *, max_focal: float, source: str = "camera") -> None:
         """Raise a one-line :class:`FeatgsError` unless ``camtoworld`` is rigid (orthonormal
         rotation with det +1, last row [0, 0, 0, 1]), ``K`` is a pinhole matrix
-        [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], focal lengths are at most ``max_focal`` pixels
+        [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], focal lengths are MIN_FOCAL to ``max_focal`` pixels
         and the principal point lies within ten image sizes of the image (for cameras that
         come from users, e.g. over HTTP)."""
         c2w = self.camtoworld
@@ -142,10 +145,10 @@ class Camera:
         K = self.K
         if float(K[0, 1]) != 0 or float(K[1, 0]) != 0 or K[2].tolist() != [0.0, 0.0, 1.0]:
             raise FeatgsError(f"{source}.K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]")
-        if not (self.fx <= max_focal and self.fy <= max_focal and abs(self.cx) <= 10 * self.width
-                and abs(self.cy) <= 10 * self.height):
-            raise FeatgsError(f"{source}.K: focal lengths must be at most {max_focal:g} pixels and the principal "
-                              "point within ten image sizes of the image")
+        if not (MIN_FOCAL <= self.fx <= max_focal and MIN_FOCAL <= self.fy <= max_focal
+                and abs(self.cx) <= 10 * self.width and abs(self.cy) <= 10 * self.height):
+            raise FeatgsError(f"{source}.K: focal lengths must be {MIN_FOCAL:g} to {max_focal:g} pixels and the "
+                              "principal point within ten image sizes of the image")
 
     # -- CAM.json -------------------------------------------------------------------------
     def to_dict(self) -> dict:

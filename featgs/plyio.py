@@ -10,6 +10,7 @@ cache-sized blocks of rows, so millions of vertices never cost a Python loop per
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, Mapping
 
@@ -53,18 +54,24 @@ def read_ply_vertices(path: str | os.PathLike) -> Dict[str, np.ndarray]:
                 raise FeatgsError(f"{path}: not a PLY file (expected the first line to be 'ply')")
             f.seek(0)
             # Copy-on-write mapping: binary data is paged in as the columns are copied out.
-            data = PlyData.read(f, mmap="c")
+            # An ASCII value beyond its type's range becomes inf (callers refuse it), an empty
+            # ASCII list is read as such (list properties are refused below): neither a warning.
+            with np.errstate(over="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                data = PlyData.read(f, mmap="c")
     except FileNotFoundError:
         raise FeatgsError(f"{path}: PLY file not found") from None
     except PermissionError:
         raise FeatgsError(f"{path}: permission denied reading the PLY file") from None
     except PlyParseError as e:
         raise FeatgsError(f"{path}: malformed PLY file ({_one_line(e)})") from None
-    except (MemoryError, OverflowError, ValueError) as e:
-        # A count larger than anything the file could hold (plyfile allocates it up front).
-        raise FeatgsError(f"{path}: PLY header declares more data than the file holds ({_one_line(e)})") from None
-    except UnicodeDecodeError:
+    except UnicodeDecodeError:  # (a ValueError: before the clause below)
         raise FeatgsError(f"{path}: PLY header or ASCII data contains non-ASCII bytes") from None
+    except (MemoryError, OverflowError, ValueError) as e:
+        # A count larger than anything the file could hold (plyfile allocates it up front), or
+        # a header plyfile refuses (two properties of one name).
+        raise FeatgsError(f"{path}: malformed PLY header, or one that declares more data than the file holds "
+                          f"({_one_line(e)})") from None
     if "vertex" not in data:
         raise FeatgsError(f"{path}: PLY file has no 'vertex' element")
     vertex = data["vertex"]

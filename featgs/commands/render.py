@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from featgs.atomic import atomic_open
-from featgs.camera import Camera
+from featgs.camera import MAX_IMAGE_SIDE, Camera
 from featgs.device import resolve_device
 from featgs.errors import FeatgsError
 from featgs.gaussians import load_ply
@@ -69,6 +69,7 @@ def _parse_background(text: str) -> Tuple[float, float, float]:
 def run(args: argparse.Namespace) -> int:
     outputs = _check_outputs([("--out", args.out, ".png"), ("--features-out", args.features_out, ".npy"), ("--depth-out", args.depth_out, ".npy")])
     camera = Camera.load_json(args.camera)
+    camera.check_plausible(max_focal=100 * MAX_IMAGE_SIDE, source=f"{args.camera}: camera")  # what float32 can render
     gaussians = load_ply(args.ply)
     if args.sh_degree is not None and not 0 <= args.sh_degree <= gaussians.sh_degree:
         raise FeatgsError(f"--sh-degree: {args.ply} holds SH degree {gaussians.sh_degree}; expected 0..{gaussians.sh_degree}, got {args.sh_degree}")

@@ -95,15 +95,20 @@ def read_model(folder: Path) -> ColmapModel:
             continue
         pose = image.cam_from_world()
         x, y, z, w = (float(v) for v in pose.rotation.quat)  # Eigen's order
-        images.append(ColmapImage(image_id, (w, x, y, z), tuple(float(v) for v in pose.translation), image.camera_id, image.name))
+        try:
+            name = image.name
+        except UnicodeDecodeError:
+            raise FeatgsError(f"{images_path}: the name of image {image_id} is not UTF-8 text; truncated or corrupt {images_path.name}") from None
+        images.append(ColmapImage(image_id, (w, x, y, z), tuple(float(v) for v in pose.translation), image.camera_id, name))
     points = colors = None
     if has_points:
         table = model.points3D
         records = [table[i] for i in sorted(table)]  # the file's (id) order, not the hash map's
         points = np.array([p.xyz for p in records], dtype=np.float64).reshape(-1, 3)
         colors = np.array([p.color for p in records], dtype=np.uint8).reshape(-1, 3)
-        if not np.isfinite(points).all():
-            raise FeatgsError(f"{points_path}: has non-finite point coordinates; expected finite X Y Z")
+        if not (np.abs(points) <= np.finfo(np.float32).max).all():  # (NaN too) training holds float32
+            raise FeatgsError(f"{points_path}: has non-finite point coordinates (or beyond float32's 3.4e38); "
+                              "expected finite X Y Z")
     return ColmapModel(cameras_path, images_path, cameras, images, points, colors)
 
 
@@ -118,7 +123,8 @@ def _explained(error: Exception, folder: Path, cameras_path: Path, images_path: 
 
 
 def _check_binary_count(path: Path) -> None:
-    """A one-line error if the count heading a COLMAP binary file cannot fit in the file."""
+    """A one-line error if the count heading a COLMAP binary file, or a count inside one of its
+    records (an image's 2D points, a point's track), cannot fit in the file."""
     kind = path.stem
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -128,6 +134,37 @@ def _check_binary_count(path: Path) -> None:
     (count,) = struct.unpack("<Q", head)
     if count * _MIN_RECORD_BYTES[kind] > size - 8:
         raise FeatgsError(f"{path}: claims {count} records, more than its {size} bytes can hold; truncated or corrupt {path.name}")
+    if kind in _INNER_COUNTS:
+        _check_inner_counts(path, count, *_INNER_COUNTS[kind])
+
+
+# Records whose length is a count they hold: (bytes before the name (None: no name), bytes from
+# the name's NUL or the record's start to the count, bytes per counted element, what is counted).
+# images: id, qvec, tvec, camera id, name NUL, count of 2D points (x, y doubles, point3D id int64);
+# points3D: id, xyz, rgb, error, track length (image id, 2D point index: two int32).
+_INNER_COUNTS = {"images": (4 + 7 * 8 + 4, 0, 24, "2D points"), "points3D": (None, 8 + 24 + 3 + 8, 8, "track elements")}
+
+
+def _check_inner_counts(path: Path, count: int, name_at: Optional[int], count_at: int, element: int, what: str) -> None:
+    """Walk the records of a COLMAP binary file: pycolmap reads as many elements as a record's
+    count says, past the end of the file (a corrupt track length of 10^12 makes it grow a vector
+    until memory runs out)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 8
+    for i in range(count):
+        if name_at is not None:
+            nul = data.find(b"\0", pos + name_at)
+            at = (nul if nul >= 0 else len(data)) + 1 + count_at
+        else:
+            at = pos + count_at
+        if at + 8 > len(data):
+            raise FeatgsError(f"{path}: record {i} of {count} is cut off at byte {len(data)}; truncated or corrupt {path.name}")
+        (n,) = struct.unpack_from("<Q", data, at)
+        if n * element > len(data) - at - 8:
+            raise FeatgsError(f"{path}: record {i} claims {n} {what}, more than the {len(data) - at - 8} bytes left "
+                              f"can hold; truncated or corrupt {path.name}")
+        pos = at + 8 + n * element
 
 
 def _read_without_points(folder: Path, ext: str, pycolmap):

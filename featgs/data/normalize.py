@@ -15,6 +15,7 @@ from torch import Tensor
 
 from featgs.camera import Camera
 from featgs.data.scene import Scene, View, transform_points
+from featgs.errors import FeatgsError
 
 
 def camera_normalization(centres: Tensor) -> Tensor:
@@ -40,8 +41,12 @@ def transform_camera(T: Tensor, camera: Camera) -> Camera:
 
 def normalize_scene(scene: Scene) -> Scene:
     """``scene`` moved into the frame of :func:`camera_normalization` of all its cameras."""
-    T = camera_normalization(torch.stack([v.camera.center for v in scene.views]))
+    centres = torch.stack([v.camera.center for v in scene.views])
+    T = camera_normalization(centres)
     scale = float(T[0, 0])
+    if not (bool(torch.isfinite(T).all()) and float(torch.linalg.det(T[:3, :3])) > 0):  # overflow, underflow
+        raise FeatgsError(f"{scene.root}: camera positions up to {float(centres.abs().max()):.3g} from the origin cannot "
+                          f"be normalised into the unit sphere; expected the {scene.format} poses of a real capture")
 
     def move(view: View) -> View:
         return replace(view, camera=transform_camera(T, view.camera), depth_scale=view.depth_scale * scale)

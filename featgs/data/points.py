@@ -45,14 +45,17 @@ def read_point_cloud(path: Path) -> tuple[Tensor, Tensor]:
     missing = [k for k in "xyz" if k not in props]
     if missing:
         raise FeatgsError(f"{path}: point cloud lacks vertex propert{'y' if len(missing) == 1 else 'ies'} {', '.join(missing)}; expected x, y, z [red, green, blue]")
-    xyz = np.stack([props[k] for k in "xyz"], axis=1).astype(np.float32)
-    if all(k in props for k in ("red", "green", "blue")):
-        rgb = np.stack([props[k] for k in ("red", "green", "blue")], axis=1)
-        rgb = rgb.astype(np.float32) / 255.0 if rgb.dtype.kind in "iu" else np.clip(rgb.astype(np.float32), 0.0, 1.0)
-    else:
-        rgb = np.full_like(xyz, 0.5)
+    with np.errstate(over="ignore", invalid="ignore"):  # doubles beyond float32 become inf, refused below
+        xyz = np.stack([props[k] for k in "xyz"], axis=1).astype(np.float32)
+        if all(k in props for k in ("red", "green", "blue")):
+            rgb = np.stack([props[k] for k in ("red", "green", "blue")], axis=1)
+            rgb = rgb.astype(np.float32) / 255.0 if rgb.dtype.kind in "iu" else np.clip(rgb.astype(np.float32), 0.0, 1.0)
+        else:
+            rgb = np.full_like(xyz, 0.5)
     if not np.isfinite(xyz).all():
         raise FeatgsError(f"{path}: point cloud has non-finite coordinates; expected finite x, y, z")
+    if not np.isfinite(rgb).all():  # float colours: NaN passes the clip
+        raise FeatgsError(f"{path}: point cloud has non-finite colours; expected red, green, blue in 0..1 (float) or 0..255")
     return torch.from_numpy(xyz), torch.from_numpy(rgb)
 
 

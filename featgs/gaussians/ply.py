@@ -93,7 +93,8 @@ def load_ply(path: str | os.PathLike) -> Gaussians:
         a = props[name]
         if a.dtype.kind != "f":
             raise FeatgsError(f"{path}: vertex property {name!r} is {a.dtype.name}; expected float")
-        a = a.astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # a double beyond float32 becomes inf, refused below
+            a = a.astype(np.float32, copy=False)
         bad = np.flatnonzero(~np.isfinite(a))
         if len(bad):  # one NaN would poison every render, query and k-d tree built on the scene
             raise FeatgsError(f"{path}: vertex property {name!r} is {a[bad[0]]} at vertex {bad[0]} "

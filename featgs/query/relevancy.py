@@ -147,6 +147,9 @@ def select_by_rule(rule: str, relevancy: Tensor, cos_query: Tensor, config: Quer
     if rule == "labels":
         compete = competing_labels(query_to_labels, config.label_slack)
         threshold = 0.5 if config.threshold is None else config.threshold
+        if not 0.0 < threshold < 1.0:  # QueryConfig checks it for rule "labels", not for "auto" that became it
+            raise FeatgsError(f"the labels rule's threshold (rule {config.rule!r} on a run with label names) is a "
+                              f"probability in (0, 1), got {threshold}")
         keep, _ = select_by_labels(relevancy, cos_query, cos_labels(compete), negatives=negatives,
                                    temperature=config.temperature, win=threshold)
         return keep, float(threshold)
