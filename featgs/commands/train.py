@@ -13,6 +13,8 @@ from featgs.teachers.options import TeacherOptions
 from featgs.train.config import TrainConfig
 from featgs.train.solve import SolveConfig
 
+PROTOCOL_NAMES = ("lerf-ovs", "3d-ovs", "replica-seg", "selection-3d")  # featgs.protocols.PROTOCOLS
+
 TRAIN_DESCRIPTION = """\
 Train 3D Gaussians on posed images (geometry and colour, as 3DGS) and distil a teacher's
 dense features into them. Mode 'solve' (default) trains the geometry first and then finds
@@ -26,6 +28,11 @@ Teachers: 'labels' (scenes with per-pixel labels), 'sam' (Segment Anything's ima
 --sam-checkpoint), 'clip' (dense MaskCLIP features, --clip-model and --clip-checkpoint), or
 several at once ('sam,clip'): each owns a block of the rendered channels, in the order given.
 Checkpoints are local files; nothing is downloaded.
+
+Started by torchrun (several processes, on one or more machines), the ranks share the teacher
+extraction, the training (data parallel: each rank renders its own image of a step, so the
+global batch is one image per rank) and the solve; rank 0 prints and writes RUN. DATA and
+RUN must be on a filesystem every machine sees at the same path.
 """
 
 TRAIN_EPILOG = """\
@@ -33,6 +40,7 @@ examples:
   featgs train scenes/tabletop --out runs/tabletop
   featgs train scenes/tabletop --out runs/joint --mode joint --feature-dim 16 --iters 3000
   featgs train scenes/tabletop --out runs/tabletop --resume          # after Ctrl-C
+  torchrun --nproc_per_node 4 -m featgs train scenes/tabletop --out runs/tabletop   # 4 GPUs: 4 images per step
   featgs train scenes/tabletop --out runs/sam-clip --teacher sam,clip --feature-dim 32 \
       --sam-checkpoint sam_vit_b_01ec64.pth --clip-model ViT-B-16 --clip-checkpoint clip/open_clip_model.safetensors
 """
@@ -62,6 +70,15 @@ def register(subparsers) -> None:
     e.add_argument("--json", action="store_true", help="print one JSON object with the metrics")
     e.add_argument("--no-pictures", action="store_true", help="skip the contact sheets")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+    e.add_argument("--protocol", choices=PROTOCOL_NAMES, default=None,
+                   help="score by a benchmark's protocol instead: lerf-ovs (localization accuracy, mIoU of the "
+                        "thresholded relevancy, as LangSplat), 3d-ovs (mIoU, accuracy, as 3D-OVS), replica-seg "
+                        "(label maps with class names), selection-3d (text selects Gaussians in 3D, rendered "
+                        "alone, against the object's mask, as OpenGaussian); writes RUN/metrics-<protocol>.json")
+    e.add_argument("--labels", metavar="PATH", type=Path, default=None,
+                   help="the protocol's annotations: a LERF-OVS scene label folder (frame JSONs), a 3D-OVS scene "
+                        "(segmentations/), or label maps with labels.json (replica-seg; default: the dataset's). "
+                        "With RUN a folder of runs and PATH a folder of scenes, every scene present in both")
     e.set_defaults(func=run_eval)
 
 
@@ -72,21 +89,31 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from featgs.device import resolve_device
+    from featgs.distributed import PeerFailed, process_group
     from featgs.train.run import train_run
     from featgs.train.trainer import Interrupted
 
     config = train_config_from_args(args)
     apply_threads(args)
     t0 = time.perf_counter()
-    try:
-        info = train_run(args.data, args.out, config, resume=args.resume, progress=not args.quiet)
-    except Interrupted as e:
-        print(f"featgs: interrupted at step {e.step}; checkpoint saved. Continue with: "
-              f"featgs train {args.data} --out {args.out} --resume")
-        return 130
+    # under torchrun: one process per rank, joined here (a plain run: one rank, no process group)
+    with process_group(resolve_device(config.device)) as ranks:
+        try:
+            info = train_run(args.data, args.out, config, resume=args.resume, progress=not args.quiet, ranks=ranks)
+        except Interrupted as e:
+            if ranks.is_main:
+                print(f"featgs: interrupted at step {e.step}; checkpoint saved. Continue with: "
+                      f"featgs train {args.data} --out {args.out} --resume")
+            return 130
+        except PeerFailed:  # the rank that failed says why
+            return 2
+    if not ranks.is_main:
+        return 0
     d = info.get("distill") or {}
     extra = f", features {info['feature_dim']}->{info['output_feature_dim']}-dim" if info.get("teacher") else ""
-    print(f"trained {info['num_gaussians']} Gaussians in {time.perf_counter() - t0:.1f} s{extra} -> {args.out}")
+    on = f" on {ranks.world_size} ranks ({ranks.backend})" if ranks.distributed else ""
+    print(f"trained {info['num_gaussians']} Gaussians{on} in {time.perf_counter() - t0:.1f} s{extra} -> {args.out}")
     if d:
         print(f"solve: {d['cg_iterations']} CG iterations, residual {d['relative_residual']:.2e}, "
               f"top-{d['top_k']} keeps {100 * d['topk_mass_kept']:.1f}% of the blend weight, {d['seconds']:.1f} s")
@@ -105,11 +132,38 @@ def format_metrics(m: dict) -> str:
 def run_eval(args: argparse.Namespace) -> int:
     from featgs.train.evaluate import METRIC_KEYS, evaluate_run
 
-    m = evaluate_run(args.run, pictures=not args.no_pictures, progress=not (args.quiet or args.json))
+    if args.protocol is not None or args.labels is not None:
+        return run_protocol(args)
+    import torch
+
+    from featgs.distributed import PeerFailed, process_group
+
+    # under torchrun the test views are shared out (gloo: a run's Gaussians are scored on the CPU)
+    with process_group(torch.device("cpu")) as ranks:
+        try:
+            m = evaluate_run(args.run, pictures=not args.no_pictures, progress=not (args.quiet or args.json),
+                             ranks=ranks)
+        except PeerFailed:  # the rank that failed says why
+            return 2
+    if not ranks.is_main:
+        return 0
     if args.json:
         print(json.dumps({k: m[k] for k in METRIC_KEYS}))
     else:
         print(format_metrics(m))
         if not args.no_pictures:
             print(f"contact sheets: {Path(args.run) / 'eval'}")
+    return 0
+
+
+def run_protocol(args: argparse.Namespace) -> int:
+    """``featgs eval RUN --protocol NAME --labels PATH``: a benchmark's own metrics (featgs.protocols)."""
+    from featgs.errors import FeatgsError
+    from featgs.protocols import evaluate, format_result
+
+    if args.protocol is None:
+        raise FeatgsError("--labels needs --protocol: which benchmark's annotations they are "
+                          f"({', '.join(PROTOCOL_NAMES)})")
+    result = evaluate(args.protocol, args.run, args.labels, progress=not (args.quiet or args.json))
+    print(json.dumps(result) if args.json else format_result(result))
     return 0

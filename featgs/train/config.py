@@ -16,8 +16,10 @@ def _f(default, help: str, **kw):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    mode: str = _f("solve", "feature distillation: 'solve' (geometry first, then a sparse least-squares solve) "
-                   "or 'joint' (Feature 3DGS: feature L1 on every step)", choices=["solve", "joint"])
+    mode: str = _f("solve", "feature distillation: 'solve' (geometry first, then a sparse least-squares solve), "
+                   "'joint' (Feature 3DGS: feature L1 on every step) or 'backproject' (geometry first, then each "
+                   "Gaussian's feature is the blend-weight-weighted average of the teacher features it covers: the "
+                   "solve's start, no CG iterations)", choices=["solve", "joint", "backproject"])
     teacher: str = _f("labels", "feature teacher(s): 'labels' (text embeddings of per-pixel labels), 'sam', "
                       "'clip', several joined by commas (e.g. sam,clip), or 'none'")
     iters: int = _f(2000, "optimisation steps of the geometry (and, in joint mode, the features)", min=1)

@@ -22,6 +22,7 @@ from featgs.render import render
 from featgs.run import Run
 from featgs.segmentation import confusion_matrix, miou_and_accuracy, segment_features
 from featgs.data.images import over
+from featgs.distributed import SINGLE, Ranks
 from featgs.train.background import eval_background
 from featgs.train.config import TrainConfig
 from featgs.train.losses import psnr, ssim
@@ -87,8 +88,11 @@ def _cosine(features: Tensor, target: Tensor, channels: Tuple[int, int]) -> floa
 
 @torch.no_grad()
 def evaluate_gaussians(g: Gaussians, views, judge: Judge, *, pictures: Optional[Path] = None,
-                       title: str = "", progress: bool = True, background=(0.0, 0.0, 0.0)) -> dict:
+                       title: str = "", progress: bool = True, background=(0.0, 0.0, 0.0),
+                       ranks: Ranks = SINGLE) -> dict:
     """Score ``g`` on ``views``; write a contact sheet per view into ``pictures`` if given.
+    With several ``ranks``, each renders its share of the views and every rank gets the metrics
+    of all (per-view records gathered, confusion matrices and render times summed).
 
     Segmentation labels each pixel with the label name whose text embedding is closest to
     the rendered feature, and scores it against the ground-truth label maps (or, for scenes
@@ -100,7 +104,7 @@ def evaluate_gaussians(g: Gaussians, views, judge: Judge, *, pictures: Optional[
     bg = torch.tensor(background, dtype=torch.float32)
     per_view, conf = [], None
     render_seconds = 0.0
-    for v in tqdm(views, desc="evaluate", unit="view", disable=not progress, leave=False):
+    for v in tqdm(ranks.shard(views), desc="evaluate", unit="view", disable=not progress, leave=False):
         gt = over(v.rgba(), bg)
         t0 = time.perf_counter()
         out = render(g, v.camera, features=bool(judge.blocks), background=bg)
@@ -141,6 +145,7 @@ def evaluate_gaussians(g: Gaussians, views, judge: Judge, *, pictures: Optional[
             pictures.mkdir(parents=True, exist_ok=True)
             with atomic_open(pictures / f"{v.name}.png", "wb") as f:
                 sheet.save(f, format="PNG")
+    per_view, conf, render_seconds = ranks.unshard(per_view), ranks.sum_objects(conf), ranks.sum_objects(render_seconds)
     metrics = {
         "psnr": _mean(r["psnr"] for r in per_view),
         "ssim": _mean(r["ssim"] for r in per_view),
@@ -161,9 +166,9 @@ def evaluate_gaussians(g: Gaussians, views, judge: Judge, *, pictures: Optional[
     return metrics
 
 
-def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True) -> dict:
+def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True, ranks: Ranks = SINGLE) -> dict:
     """Metrics of a run over its scene's test views (the train views if it has none), written
-    to RUN/metrics.json, with a contact sheet per view under RUN/eval/."""
+    to RUN/metrics.json (by rank 0), with a contact sheet per view under RUN/eval/."""
     from featgs.data import load_scene
 
     run = Run.open(root)
@@ -184,8 +189,9 @@ def evaluate_run(root: Path, *, pictures: bool = True, progress: bool = True) ->
                           f"{teacher_info['name']!r} gives {total}")
     background = eval_background(config.background, scene.has_alpha())
     metrics = evaluate_gaussians(g, views, judge, pictures=(run.root / "eval") if pictures else None,
-                                 title=run.root.name, progress=progress, background=background)
+                                 title=run.root.name, progress=progress and ranks.is_main, background=background,
+                                 ranks=ranks)
     metrics.update(split="test" if scene.test else "train",
                    fps_note="rgb + features, renderer 'torch', this machine")
-    atomic_write_text(run.paths.metrics, json.dumps(metrics, indent=2))
+    ranks.on_main(lambda: atomic_write_text(run.paths.metrics, json.dumps(metrics, indent=2)))
     return metrics

@@ -23,6 +23,7 @@ from featgs import __version__
 from featgs.atomic import atomic_open, atomic_write_text, remove_stale_temporaries
 from featgs.camera import Camera
 from featgs.device import resolve_device
+from featgs.distributed import SINGLE, LostContact, Ranks
 from featgs.errors import FeatgsError
 from featgs.gaussians import save_ply
 from featgs.run import (CAMERAS_FILE, CHECKPOINT_FILE, LOG_FILE, PLY_FILE, RUN_FILE, RunPaths, read_run,
@@ -111,8 +112,16 @@ def train_run(
     *,
     resume: bool = False,
     progress: bool = True,
+    ranks: Ranks = SINGLE,
+    images_per_rank: int = 1,
 ) -> dict:
     """Train a feature field and write the run folder. Returns the final run.json content.
+
+    ``ranks``: the processes of a ``torchrun`` launch (featgs.distributed), every one calling
+    this with the same arguments. They share the teacher extraction (view i on rank
+    i % world), the training (a step's global batch is ``world_size * images_per_rank``
+    images, one per rank by default) and the solve; rank 0 alone prints progress and writes
+    the run folder, and every rank returns the same run.json content.
 
     Raises:
         FeatgsError: bad input, before anything is written; or a write that failed (a full
@@ -121,12 +130,14 @@ def train_run(
             line and the last checkpoint (written atomically) is whole, so ``--resume``
             continues.
         Interrupted: Ctrl-C; the checkpoint is saved and ``--resume`` continues.
+        LostContact: another rank died or stopped answering; ``--resume`` continues (with
+            any number of ranks).
     """
     data, out = Path(data), Path(out)
-    _prepare_out(out, resume)
-    made = _missing_folders(out)
+    ranks.on_main(lambda: _prepare_out(out, resume))  # the others wait for rank 0's verdict
+    made = _missing_folders(out) if ranks.is_main else []
     try:
-        return _train(data, out, config, resume, progress)
+        return _train(data, out, config, resume, progress and ranks.is_main, ranks, images_per_rank)
     except OSError as e:  # a full disk, a file size limit, a folder that went away
         raise FeatgsError(_failed_write(e, out, made)) from None
 
@@ -177,46 +188,35 @@ def _trim_torn_tail(path: Path) -> None:
             f.truncate(data.rfind(b"\n") + 1)
 
 
-def _train(data: Path, out: Path, config: TrainConfig, resume: bool, progress: bool) -> dict:
+def _train(data: Path, out: Path, config: TrainConfig, resume: bool, progress: bool, ranks: Ranks = SINGLE,
+           images_per_rank: int = 1) -> dict:
     """:func:`train_run` past the checks of ``out`` (OSError passes through, for its caller)."""
     from featgs.data import load_scene
     from featgs.data.points import initial_points
 
-    if resume:  # a run killed mid-write left a temporary beside the file it was writing
-        remove_stale_temporaries(out, [RUN_FILE, CHECKPOINT_FILE, LOG_FILE, PLY_FILE, CAMERAS_FILE])
-    if resume:
-        saved = read_run(out)
-        if not isinstance(saved.get("data"), str) or not isinstance(saved.get("config"), dict):
-            raise FeatgsError(f"{out / RUN_FILE}: no 'data' path or 'config'; expected the run.json `featgs train` writes")
-        if Path(saved["data"]).resolve() != data.resolve():
-            raise FeatgsError(f"{out}: this run trains on {saved['data']}, not {data}")
-        old = TrainConfig.from_dict(saved["config"])
-        clash = [k for k in ("mode", "teacher", "feature_dim", "downscale", "strategy", "seed")
-                 if getattr(old, k) != getattr(config, k)]
-        if clash:
-            raise FeatgsError(f"{out}: --resume with different {', '.join(clash)} than the run was started with")
-        if config.teacher_options == TeacherOptions():  # not given again: the run's own
-            config = dataclasses.replace(config, teacher_options=old.teacher_options)
-        _truncate_log(out / LOG_FILE, math.inf)  # a bad log stops the resume before any work
+    if resume:  # rank 0 checks and tidies the run folder, the others take its verdict
+        config, saved = ranks.on_main(lambda: _resume_checks(data, out, config), share=True)
     config = dataclasses.replace(config, teacher_options=config.teacher_options.resolved())
-    scene = load_scene(data, downscale=config.downscale)
+    # rank 0 first: it writes any downscaled copies of the images, the others then read them
+    scene = ranks.on_main(lambda: load_scene(data, downscale=config.downscale))
+    if not ranks.is_main:
+        scene = load_scene(data, downscale=config.downscale)
     paths = RunPaths(out)
 
     blocks = make_blocks(scene, teacher_names(config.teacher), config.teacher_options, config.downscale)
     if resume:  # never rebuild features under a run that was trained on them
-        for b in blocks:
-            b.cache.check(b.teacher, [v.name for v in scene.views])
+        ranks.on_main(lambda: [b.cache.check(b.teacher, [v.name for v in scene.views]) for b in blocks])
     else:
-        build_caches(blocks, scene.views, progress)
-    for b in blocks:
-        _check_maps(b.cache, [v.name for v in scene.train], progress)
+        build_caches(blocks, scene.views, progress, ranks)
+    for b in blocks:  # each rank checks the maps of its own views
+        ranks.settle(lambda b=b: _check_maps(b.cache, ranks.shard([v.name for v in scene.train]), progress))
     if resume and blocks:
         trained = teacher_channels(saved)
         now = {b.teacher.name: b.channels for b in blocks}
         if trained != now:
             raise FeatgsError(f"{out}: run was trained on teacher channels {trained}, the caches give {now}")
 
-    device = resolve_device(config.device)
+    device = ranks.device if ranks.distributed else resolve_device(config.device)
     cams: List[Camera] = [v.camera for v in scene.train]
     transparent = scene.has_alpha()
     background = resolve_background(config.background, transparent)
@@ -243,26 +243,33 @@ def _train(data: Path, out: Path, config: TrainConfig, resume: bool, progress: b
         "init": {"kind": start.kind, **start.info},
         "background": {"train": background, "transparent": transparent,
                        "eval": list(eval_background(config.background, transparent))},
+        "world_size": ranks.world_size,
+        "backend": ranks.backend,
+        "images_per_step": ranks.world_size * images_per_rank,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        atomic_write_text(paths.run_json, json.dumps(info, indent=2))
-        paths.log.unlink(missing_ok=True)
+
+    def start_folder() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            atomic_write_text(paths.run_json, json.dumps(info, indent=2))
+            paths.log.unlink(missing_ok=True)
+
+    ranks.on_main(start_folder)
     try:  # from here on a failed write leaves run.json saying so
         joint = config.mode == "joint" and bool(blocks)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(config.seed)
             state = new_state(init, config, extent, feature_dim=d if joint else 0, teacher_dim=D)
-            strategy = make_strategy(config)
+            strategy = make_strategy(config, ranks)
             strategy.check_sanity(state.params, state.optimizers)
             state.strategy_state = init_strategy_state(strategy, extent)
             if resume and paths.checkpoint.exists():
                 load_checkpoint(paths.checkpoint, state)
             if resume:  # without a checkpoint the run starts over at step 0, and so does its log
-                _truncate_log(paths.log, state.step)
+                ranks.on_main(lambda: _truncate_log(paths.log, state.step))
 
             names = [v.name for v in scene.train]
-            with open(paths.log, "a") as log_file:
+            with open(paths.log if ranks.is_main else os.devnull, "a") as log_file:  # rank 0 logs
                 def log(rec: dict) -> None:
                     try:
                         log_file.write(json.dumps(rec) + "\n")
@@ -276,29 +283,64 @@ def _train(data: Path, out: Path, config: TrainConfig, resume: bool, progress: b
                         state, strategy, cams, images, config, extent=extent, background=background,
                         teacher_maps=joint_targets(blocks, names) if joint else None,
                         save_checkpoint=lambda s: save_checkpoint(paths.checkpoint, s),
-                        log=log, progress=progress,
+                        log=log, progress=progress, ranks=ranks, images_per_rank=images_per_rank,
                     )
-                except (Diverged, Interrupted) as e:  # run.json says what happened, not "training"
-                    info.update(status="diverged" if isinstance(e, Diverged) else "interrupted", stopped_at=e.step,
-                                error=str(e))
-                    atomic_write_text(paths.run_json, json.dumps(info, indent=2))
+                except (Diverged, Interrupted, LostContact) as e:  # run.json says what happened, not "training"
+                    status = {Diverged: "diverged", Interrupted: "interrupted"}.get(type(e), "failed")
+                    info.update(status=status, stopped_at=getattr(e, "step", state.step), error=str(e))
+                    if ranks.is_main:
+                        atomic_write_text(paths.run_json, json.dumps(info, indent=2))
                     raise
 
         g = state.gaussians().detach()
         distill = None
-        if blocks and config.mode == "solve":
-            result = solve_blocks(g, cams, names, blocks, config.solve, config.feature_dim, progress)
+        if blocks and config.mode == "backproject":  # the solve's start alone: featgs.train.backproject
+            from featgs.train.backproject import backproject_blocks
+
+            result = backproject_blocks(g, cams, names, blocks, config.solve, config.feature_dim, progress)
             g = g.with_features(result.features, result.decoder)
             distill = result.stats
-        write_cameras(paths.cameras, {"train": cams, "test": [v.camera for v in scene.test]})
-        save_ply(paths.ply, g.to("cpu"))
+        if blocks and config.mode == "solve":
+            result = solve_blocks(g, cams, names, blocks, config.solve, config.feature_dim, progress, ranks)
+            g = g.with_features(result.features, result.decoder)
+            distill = result.stats
         info.update(status="done", num_gaussians=len(g), steps=state.step, feature_dim=g.feature_dim,
                     output_feature_dim=g.output_feature_dim, distill=distill)
-        atomic_write_text(paths.run_json, json.dumps(info, indent=2))
+        if state.agreement is not None:  # every rank's Gaussian count, and how far they were from rank 0's
+            info["rank_agreement"] = state.agreement
+
+        def finish() -> None:
+            write_cameras(paths.cameras, {"train": cams, "test": [v.camera for v in scene.test]})
+            save_ply(paths.ply, g.to("cpu"))
+            atomic_write_text(paths.run_json, json.dumps(info, indent=2))
+
+        ranks.on_main(finish)
         return info
     except OSError as e:
-        _mark_failed(paths, info, e)
+        if ranks.is_main:
+            _mark_failed(paths, info, e)
         raise
+
+
+def _resume_checks(data: Path, out: Path, config: TrainConfig) -> tuple:
+    """(the config to continue with, the saved run.json) of a run to resume; removes the
+    temporaries of a killed write and a torn last log line."""
+    # a run killed mid-write left a temporary beside the file it was writing
+    remove_stale_temporaries(out, [RUN_FILE, CHECKPOINT_FILE, LOG_FILE, PLY_FILE, CAMERAS_FILE])
+    saved = read_run(out)
+    if not isinstance(saved.get("data"), str) or not isinstance(saved.get("config"), dict):
+        raise FeatgsError(f"{out / RUN_FILE}: no 'data' path or 'config'; expected the run.json `featgs train` writes")
+    if Path(saved["data"]).resolve() != data.resolve():
+        raise FeatgsError(f"{out}: this run trains on {saved['data']}, not {data}")
+    old = TrainConfig.from_dict(saved["config"])
+    clash = [k for k in ("mode", "teacher", "feature_dim", "downscale", "strategy", "seed")
+             if getattr(old, k) != getattr(config, k)]
+    if clash:
+        raise FeatgsError(f"{out}: --resume with different {', '.join(clash)} than the run was started with")
+    if config.teacher_options == TeacherOptions():  # not given again: the run's own
+        config = dataclasses.replace(config, teacher_options=old.teacher_options)
+    _truncate_log(out / LOG_FILE, math.inf)  # a bad log stops the resume before any work
+    return config, saved
 
 
 def _teacher_summary(blocks) -> Optional[dict]:
