@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -95,3 +98,16 @@ def save_results(name: str, payload: dict, table: str) -> Path:
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     (RESULTS / f"{stem}.txt").write_text(table + "\n")
     return RESULTS / f"{stem}.json"
+
+
+def start_server(run: Path, *extra: str) -> "tuple[subprocess.Popen, str, int]":
+    """``featgs serve RUN --port 0 --quiet EXTRA`` in its own process: (process, host, port),
+    once it prints the address it listens on."""
+    proc = subprocess.Popen([sys.executable, "-m", "featgs", "serve", str(run), "--port", "0", "--quiet", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    found = re.search(r"http://([\d.]+):(\d+)", line)
+    if not found:
+        proc.kill()
+        raise SystemExit(f"featgs serve did not start: {line}{proc.stderr.read()}")
+    return proc, found.group(1), int(found.group(2))

@@ -29,8 +29,6 @@ import http.client
 import itertools
 import json
 import platform
-import re
-import subprocess
 import sys
 import threading
 import time
@@ -40,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import print_table, save_results  # noqa: E402
+from _util import print_table, save_results, start_server  # noqa: E402
 
 TEMPLATES = ["the {}", "a {}", "where is the {}?", "find the {}", "{} on the table", "show me the {}",
              "my {}", "that {}"]
@@ -55,15 +53,6 @@ def new_text(i: int, tag: str) -> str:
     return f"{text} ({tag} {i})" if i >= n * len(TEMPLATES) or tag else text
 
 
-def start_server(run: Path) -> tuple[subprocess.Popen, str, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "featgs", "serve", str(run), "--port", "0", "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    found = re.search(r"http://([\d.]+):(\d+)", line)
-    if not found:
-        proc.kill()
-        raise SystemExit(f"featgs serve did not start: {line}{proc.stderr.read()}")
-    return proc, found.group(1), int(found.group(2))
 
 
 def one_request(host: str, port: int, method: str, path: str, body: dict | None) -> tuple[int, float]:

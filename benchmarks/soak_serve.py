@@ -38,10 +38,8 @@ import json
 import os
 import platform
 import random
-import re
 import select
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -52,7 +50,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import print_table, save_results  # noqa: E402
+from _util import print_table, save_results, start_server  # noqa: E402
 
 TIMEOUT = 120.0  # seconds any one request may take
 TEXTS = ["table", "floor", "wall", "red mug", "cup", "green apple", "fruit", "lamp", "white plate", "book"]
@@ -67,16 +65,6 @@ EXPECTED = {"query": 200, "render": 200, "health": 200, "segment": 200, "malform
             "half-open": "closed", "huge render": 400}
 
 
-def start_server(run: Path, *extra: str) -> tuple[subprocess.Popen, str, int]:
-    """``featgs serve RUN --port 0 --quiet EXTRA``, as benchmarks/http_load.py starts it."""
-    proc = subprocess.Popen([sys.executable, "-m", "featgs", "serve", str(run), "--port", "0", "--quiet", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    found = re.search(r"http://([\d.]+):(\d+)", line)
-    if not found:
-        proc.kill()
-        raise SystemExit(f"featgs serve did not start: {line}{proc.stderr.read()}")
-    return proc, found.group(1), int(found.group(2))
 
 
 def count_test_views(host: str, port: int) -> int:
