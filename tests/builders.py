@@ -15,12 +15,15 @@ under RUN/edits) works on its own copy (``copy_run``).
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
 import torch
 
+from featgs.camera import Camera, intrinsics_from_fov, look_at
 from featgs.data.procedural import MakeConfig, make_scene, resolve_scene
+from featgs.gaussians import Gaussians
 from featgs.train import TrainConfig
 from featgs.train.run import train_run
 
@@ -52,3 +55,18 @@ def copy_run(run: Path, out: Path) -> Path:
     """A private copy of a run folder, for tests that write into it (it still reads the same data)."""
     shutil.copytree(run, out)
     return out
+
+
+def small_solve_scene(n: int = 7, size=(10, 8)):
+    """n Gaussians near the origin (the last one far above every camera's view) and three cameras
+    of ``size`` (W, H) pixels: the small rendered scene of the solve and back-projection tests."""
+    g = torch.Generator().manual_seed(0)
+    means = (torch.rand(n, 3, generator=g) - 0.5) * torch.tensor([1.2, 1.2, 0.8])
+    means[-1] = torch.tensor([0.0, 0.0, 60.0])  # never seen
+    gaussians = Gaussians.create(means, scales=torch.full((n,), 0.25), opacity=0.6)
+    w, h = size
+    cams = []
+    for angle in (0.0, 0.7, -0.9):
+        eye = (3.0 * math.sin(angle), -3.0 * math.cos(angle), 0.3)
+        cams.append(Camera(look_at(eye, (0.0, 0.0, 0.0)), intrinsics_from_fov(w, h, math.radians(50)), w, h))
+    return gaussians, cams

@@ -5,12 +5,10 @@ algebra on a scene small enough to write down, and end to end as a training mode
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
 
-from featgs.camera import Camera, intrinsics_from_fov, look_at
 from featgs.cli import main
 from featgs.data import load_scene
 from featgs.gaussians import Gaussians
@@ -19,20 +17,7 @@ from featgs.run import Run
 from featgs.teachers import FeatureCache
 from featgs.train.backproject import backproject_features
 from featgs.train.solve import SolveConfig, solve_features
-
-
-def _scene(n: int = 7, size=(10, 8)):
-    """n Gaussians near the origin (the last one far above every camera's view) and three cameras."""
-    g = torch.Generator().manual_seed(0)
-    means = (torch.rand(n, 3, generator=g) - 0.5) * torch.tensor([1.2, 1.2, 0.8])
-    means[-1] = torch.tensor([0.0, 0.0, 60.0])  # never seen
-    gaussians = Gaussians.create(means, scales=torch.full((n,), 0.25), opacity=0.6)
-    w, h = size
-    cams = []
-    for angle in (0.0, 0.7, -0.9):
-        eye = (3.0 * math.sin(angle), -3.0 * math.cos(angle), 0.3)
-        cams.append(Camera(look_at(eye, (0.0, 0.0, 0.0)), intrinsics_from_fov(w, h, math.radians(50)), w, h))
-    return gaussians, cams
+from builders import small_solve_scene
 
 
 def _weights(gaussians: Gaussians, cams) -> torch.Tensor:
@@ -52,7 +37,7 @@ def _flat(maps) -> torch.Tensor:
 
 
 def test_backproject_is_the_blend_weighted_average_of_the_teacher():
-    gaussians, cams = _scene()
+    gaussians, cams = small_solve_scene()
     maps = _maps(cams, D=5)
     res = backproject_features(gaussians, cams, [lambda m=m: m for m in maps], [m.shape[-2:] for m in maps],
                                SolveConfig(top_k=16), progress=False)
@@ -71,7 +56,7 @@ def test_backproject_is_the_blend_weighted_average_of_the_teacher():
 def test_backproject_in_a_pca_basis_is_the_projection_of_the_full_average():
     """Averaging is linear and the weights of a seen Gaussian sum to one, so averaging the
     PCA coordinates gives the coordinates of the full average: decoder(F_d) = mean + P P^T (F - mean)."""
-    gaussians, cams = _scene()
+    gaussians, cams = small_solve_scene()
     maps = _maps(cams, D=6)
     loaders, sizes = [lambda m=m: m for m in maps], [m.shape[-2:] for m in maps]
     full = backproject_features(gaussians, cams, loaders, sizes, progress=False).features

@@ -220,7 +220,7 @@ def test_the_distributed_solve_equals_the_single_process_one(tmp_path):
     loaders = [lambda m=m: m for m in maps]
     alone = {"full": solve_features(gaussians, cams, loaders, sizes, SolveConfig(), progress=False),
              "pca": solve_features(gaussians, cams, loaders, sizes, SolveConfig(), feature_dim=3, progress=False)}
-    ranks = [torch.load(tmp_path / f"solve{r}.pt", weights_only=False) for r in range(2)]
+    ranks = [torch.load(tmp_path / f"solve{r}.pt", weights_only=True) for r in range(2)]
     for name in ("full", "pca"):
         ref = alone[name].features
         assert alone[name].stats["cg_iterations"] == 20 and alone[name].stats["relative_residual"] > 1e-6

@@ -9,31 +9,18 @@ import pytest
 import torch
 
 import featgs.train.solve as solve_module
-from featgs.camera import Camera, intrinsics_from_fov, look_at
+from featgs.camera import Camera, intrinsics_from_fov
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians
 from featgs.render import render
 from featgs.train.solve import SolveConfig, WeightMatrix, collect_weights, solve_features
+from builders import small_solve_scene
 
 F64 = torch.float64
 EXACT = dict(cg_iters=400, tol=1e-6)  # run CG to convergence (N unknowns: N steps in exact arithmetic)
 
 
 # -- a tiny rendered scene -----------------------------------------------------------------------
-def _scene(n: int = 7, size=(10, 8)):
-    """n Gaussians near the origin (one far above every camera's view) and three cameras."""
-    g = torch.Generator().manual_seed(0)
-    means = (torch.rand(n, 3, generator=g) - 0.5) * torch.tensor([1.2, 1.2, 0.8])
-    means[-1] = torch.tensor([0.0, 0.0, 60.0])  # never seen
-    gaussians = Gaussians.create(means, scales=torch.full((n,), 0.25), opacity=0.6)
-    w, h = size
-    cams = []
-    for angle in (0.0, 0.7, -0.9):
-        eye = (3.0 * math.sin(angle), -3.0 * math.cos(angle), 0.3)
-        cams.append(Camera(look_at(eye, (0.0, 0.0, 0.0)), intrinsics_from_fov(w, h, math.radians(50)), w, h))
-    return gaussians, cams
-
-
 def _teacher(cams, D: int, seed: int = 1) -> list:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(D, c.height, c.width, generator=g) for c in cams]
@@ -109,7 +96,7 @@ def hand_built(monkeypatch):
 # -- against dense linear algebra ----------------------------------------------------------------
 @pytest.mark.parametrize("reg", [1e-2, 0.3])
 def test_rendered_problem_matches_the_dense_normal_equations(reg):
-    gaussians, cams = _scene()
+    gaussians, cams = small_solve_scene()
     D = 5
     maps = _teacher(cams, D)
     sizes = [(c.height, c.width) for c in cams]
@@ -244,7 +231,7 @@ def test_nothing_seen_gives_finite_zeros(monkeypatch):
 
 # -- the top-K weights ----------------------------------------------------------------------------
 def test_topk_mass_is_a_share_and_all_of_it_when_k_covers_every_contributor():
-    gaussians, cams = _scene()
+    gaussians, cams = small_solve_scene()
     n = len(gaussians)
     full = collect_weights(gaussians, cams, n, progress=False)
     one = collect_weights(gaussians, cams, 1, progress=False)
@@ -267,7 +254,7 @@ def test_topk_mass_is_a_share_and_all_of_it_when_k_covers_every_contributor():
 
 
 def test_blend_weights_are_rendered_at_the_teacher_maps_resolution():
-    gaussians, cams = _scene(size=(12, 8))
+    gaussians, cams = small_solve_scene(size=(12, 8))
     D = 3
     small = [(4, 6)] * len(cams)
     maps = [torch.randn(D, h, w) for h, w in small]
@@ -279,7 +266,7 @@ def test_blend_weights_are_rendered_at_the_teacher_maps_resolution():
 
 
 def test_bad_input_is_refused():
-    gaussians, cams = _scene()
+    gaussians, cams = small_solve_scene()
     sizes = [(c.height, c.width) for c in cams]
     maps = _teacher(cams, 2)
     with pytest.raises(FeatgsError, match="one teacher map"):
