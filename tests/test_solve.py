@@ -253,6 +253,28 @@ def test_topk_mass_is_a_share_and_all_of_it_when_k_covers_every_contributor():
     assert (one.W.to_dense() > 0).sum(1).max() <= 1
 
 
+def test_match_alpha_scales_each_pixels_kept_weights_to_its_alpha():
+    """The renderer blends every contributor; the scaled top-K rows carry the whole alpha, in
+    the kept weights' proportions, and change nothing when K keeps every contributor."""
+    gaussians, cams = small_solve_scene()
+    alpha = torch.cat([render(gaussians, c, features=False).alpha.reshape(-1) for c in cams]).double()
+    plain = collect_weights(gaussians, cams, 2, progress=False, dtype=torch.float64)
+    scaled = collect_weights(gaussians, cams, 2, progress=False, dtype=torch.float64, match_alpha=True)
+    P, S = plain.W.to_dense(), scaled.W.to_dense()
+    assert (P.sum(1) < alpha - 1e-3).any()  # two weights per pixel do leave a tail here
+    torch.testing.assert_close(S.sum(1), alpha, atol=1e-6, rtol=1e-6)
+    ratio = S[P > 0] / P[P > 0]
+    rows = (P > 0).nonzero()[:, 0]
+    torch.testing.assert_close(ratio, (alpha / P.sum(1))[rows])
+    assert scaled.mass_kept == pytest.approx(plain.mass_kept)  # the share before scaling
+    torch.testing.assert_close(scaled.Wt.to_dense(), S.T)
+    for (s, e), block in zip(scaled.view_rows, scaled.view_blocks):
+        torch.testing.assert_close(block.to_dense(), S[s:e].T)
+    everyone = len(gaussians)
+    torch.testing.assert_close(collect_weights(gaussians, cams, everyone, progress=False, match_alpha=True).W.to_dense(),
+                               collect_weights(gaussians, cams, everyone, progress=False).W.to_dense(), rtol=1e-5, atol=1e-6)
+
+
 def test_blend_weights_are_rendered_at_the_teacher_maps_resolution():
     gaussians, cams = small_solve_scene(size=(12, 8))
     D = 3

@@ -5,8 +5,9 @@ features of the pixels it contributes to, with no solve (``featgs train --mode b
 
 over every training pixel p, with w_i(p) the pixel's top-K blend weights (``--top-k``) of the
 frozen geometry: the training-free baseline of Occam's LGS and similar "lift 2D features to 3D"
-methods. It is exactly the start of the least-squares solve of :mod:`featgs.train.solve`
-(``x0 = (W^T T) / (W^T 1)``), so it is that solve with zero conjugate-gradient iterations; the
+methods. It is the start of the least-squares solve of :mod:`featgs.train.solve`
+(``x0 = (W^T T) / (W^T 1)``) with the plain blend weights (the solve scales each pixel's to its
+alpha: ``match_alpha``), so it is that solve with zero conjugate-gradient iterations; the
 same building blocks (blend weights, teacher PCA for ``--feature-dim``, per-teacher blocks)
 apply, and the solve's stats (``cg_iterations`` 0, the least-squares residual of the average)
 describe it. Its cost is rendering the weights and one pass over the teacher maps; each CG
@@ -26,7 +27,7 @@ METHOD = "backproject"
 
 
 def _averaging(config: SolveConfig) -> SolveConfig:
-    return replace(config, cg_iters=0)
+    return replace(config, cg_iters=0, match_alpha=False)  # the plain blend weights, as published
 
 
 def _marked(result: SolveResult) -> SolveResult:
@@ -37,7 +38,7 @@ def backproject_features(gaussians: Gaussians, cameras: Sequence[Camera], maps: 
                          sizes, config: SolveConfig = SolveConfig(), *, feature_dim: Optional[int] = None,
                          progress: bool = True, **kwargs) -> SolveResult:
     """The weight-averaged teacher features of one teacher (arguments as :func:`solve_features`,
-    whose ``cg_iters`` is ignored)."""
+    whose ``cg_iters`` and ``match_alpha`` are ignored)."""
     return _marked(solve_features(gaussians, cameras, maps, sizes, _averaging(config), feature_dim=feature_dim,
                                   progress=progress, **kwargs))
 

@@ -297,7 +297,7 @@ def _train(data: Path, out: Path, config: TrainConfig, resume: bool, progress: b
         if blocks and config.mode == "backproject":  # the solve's start alone: featgs.train.backproject
             from featgs.train.backproject import backproject_blocks
 
-            result = backproject_blocks(g, cams, names, blocks, config.solve, config.feature_dim, progress)
+            result = backproject_blocks(g, cams, names, blocks, config.solve, config.feature_dim, progress, ranks)
             g = g.with_features(result.features, result.decoder)
             distill = result.stats
         if blocks and config.mode == "solve":
