@@ -66,6 +66,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("featgs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `featgs ... | head`: the reader has gone, nothing to report
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """Point stdout at /dev/null (so the interpreter's last flush cannot fail again) and return
+    the shell's code for a process ended by SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + 13
 
 
 def entry() -> None:
@@ -77,6 +88,10 @@ def entry() -> None:
     130). Everything featgs writes is written atomically, so nothing is lost by skipping it.
     """
     code = main()
+    try:
+        sys.stdout.flush()  # what is still buffered goes now, while a closed pipe can be handled
+    except BrokenPipeError:
+        code = _reader_gone()
     if code == 130:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -73,3 +73,17 @@ def test_resume_removes_what_a_killed_write_left(tmp_path):
     assert main(["train", str(tmp_path / "data"), "--out", str(run), "--resume", *args]) == 0
     assert not any(p.exists() for p in stale) and keep.exists()
     assert json.loads((run / "run.json").read_text())["status"] == "done"
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tabletop_data):
+    """`featgs data info DATA | head -0`: the reader is gone before featgs writes; no traceback,
+    the shell's SIGPIPE code."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-m", "featgs", "data", "info", str(tabletop_data)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141
+    assert err == ""
