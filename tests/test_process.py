@@ -446,3 +446,31 @@ def test_label_maps_and_a_radial_camera_model_is_a_one_line_error(tmp_path, monk
     with pytest.raises(FeatgsError, match="label maps cannot follow the undistortion"):
         process_input(src, tmp_path / "data", ProcessConfig(camera_model="SIMPLE_RADIAL", threads=1), progress=False)
     assert not (tmp_path / "data").exists() and _leftovers(tmp_path) == []
+
+
+def test_scratch_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
+    """kill -9 leaves `.DATA.processing-*` behind; the next run for DATA removes those whose
+    process is gone on this host, and nothing else."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    owners = {"killed": f"{host} {dead.pid}", "alive": f"{host} {os.getppid()}", "elsewhere": f"other-host {dead.pid}",
+              "unreadable": "?"}
+    for name, owner in owners.items():
+        folder = tmp_path / f".data.processing-{name}"
+        folder.mkdir()
+        (folder / "owner").write_text(owner + "\n")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        _photo(photos / f"{i}.jpg")
+    with pytest.raises(FeatgsError, match="expected at least 3"):
+        process_input(photos, tmp_path / "data", progress=False)
+    left = sorted(p.name for p in tmp_path.glob(".data.processing-*"))
+    assert left == [".data.processing-alive", ".data.processing-elsewhere", ".data.processing-unreadable"]
+    assert not (tmp_path / "data").exists()

@@ -5,7 +5,10 @@ and mapping (:mod:`.sfm`), undistort (:mod:`.undistort`), pyramid (:mod:`.pyrami
 
 Nothing is half-written: everything, scratch files included, goes into a hidden folder
 beside ``out`` (``.NAME.processing-XXXX``), which is renamed to ``out`` at the very end, or
-removed on any error or Ctrl-C. The dataset folder holds::
+removed on any error or Ctrl-C. A process killed outright (``kill -9``, power loss) cannot
+remove it; the folder names its owner (``owner``: host and process id), and the next run for
+the same ``out`` removes the folders of owners on this host that no longer run. The dataset
+folder holds::
 
     images/            the registered images, undistorted (PINHOLE), at most --max-size px
     images_2/ _4/ _8/  the same at 1/2, 1/4, 1/8 size (featgs train --downscale 2|4|8 reads them)
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import asdict, replace
@@ -83,8 +87,10 @@ def process_input(source: str | os.PathLike, out: str | os.PathLike, config: Pro
     check_out(source, out, force=force)
     made = _missing_folders(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_scratch(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.processing-", dir=out.parent))
     try:
+        (tmp / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
         summary = _process(source, tmp, config, progress)
         _replace(tmp / "dataset", out)
     except BaseException:
@@ -97,6 +103,33 @@ def process_input(source: str | os.PathLike, out: str | os.PathLike, config: Pro
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     return summary
+
+
+OWNER = "owner"  # in a scratch folder: "<host> <pid>" of the process that made it
+
+
+def _remove_abandoned_scratch(out: Path) -> None:
+    """Remove the scratch folders beside ``out`` left by runs on this host that were killed
+    (their process is gone); a live run's, another host's or an unreadable one's stay."""
+    host = socket.gethostname()
+    for folder in out.parent.glob(f".{out.name}.processing-*"):
+        try:
+            owner_host, pid = (folder / OWNER).read_text().split()
+            pid = int(pid)
+        except (OSError, ValueError):
+            continue
+        if owner_host == host and pid != os.getpid() and not _running(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _process(source: Path, tmp: Path, config: ProcessConfig, progress: bool) -> ProcessSummary:
