@@ -52,7 +52,13 @@ def _case_malformed_json(good, tmp_path):
 def _case_json_not_object(good, tmp_path):
     dst = _copy(good, "transforms", tmp_path)
     (dst / "transforms.json").write_text("[1, 2]")
-    return dst, ["transforms.json", "JSON list"]
+    return dst, ["transforms.json", "top level is an array"]
+
+
+def _case_json_null(good, tmp_path):
+    dst = _copy(good, "transforms", tmp_path)
+    (dst / "transforms.json").write_text("null")
+    return dst, ["transforms.json", "top level is null; expected"]
 
 
 def _case_frame_without_matrix(good, tmp_path):

@@ -76,7 +76,7 @@ def read_json_object(path: Path, expected: str) -> dict:
     """The JSON object in ``path``; ``expected`` describes the file for error messages."""
     data = read_json(path, expected)
     if not isinstance(data, dict):
-        raise FeatgsError(f"{path}: top level is a JSON {type(data).__name__}; expected {expected} (a JSON object)")
+        raise FeatgsError(f"{path}: top level is {_json_kind(data)}; expected {expected} (a JSON object)")
     return data
 
 
@@ -105,3 +105,14 @@ def shorten(value: object) -> str:
     """``repr(value)``, cut to fit in a one-line message (a value may be a huge list)."""
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _json_kind(value) -> str:
+    """What a parsed JSON value is, in JSON's words ("null", "an array", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
