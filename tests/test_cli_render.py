@@ -165,3 +165,31 @@ def test_help_has_an_example(capsys):
         main(["render", "--help"])
     assert e.value.code == 0
     assert "example:" in capsys.readouterr().out
+
+
+def test_a_render_larger_than_free_memory_is_refused_before_it_allocates(tmp_path, scene, capsys, monkeypatch):
+    ply, _ = scene
+    huge = tmp_path / "huge.json"
+    side = 1 << 20  # the largest legal side: 2^40 pixels, tens of TB of image buffers
+    huge.write_text(json.dumps({**CAMERA, "width": side, "height": side,
+                                "K": [[4e5, 0, side / 2], [0, 4e5, side / 2], [0, 0, 1]]}))
+    out = tmp_path / "o" / "v.png"
+    code, _, err = run_cli(capsys, ply, "--camera", huge, "--out", out, "--features-out", tmp_path / "o" / "f.npy")
+    assert_one_line_error(code, err, f"{side}x{side} render of {N} Gaussians with {D} feature channels",
+                          "image buffers", "expected a smaller camera")
+    assert not (tmp_path / "o").exists()
+
+    # an image that fits, whose tile lists do not: the pairs are counted (not allocated) first
+    from featgs.render import budget
+
+    camera = Camera.load_json(scene[1])
+    pairs = budget.estimate_pairs(load_ply(ply), camera)
+    assert pairs > 10
+    room = budget.image_bytes(camera, 0) + (pairs // 2) * budget.BYTES_PER_PAIR
+    monkeypatch.setattr(budget, "available_bytes", lambda device: room)
+    code, _, err = run_cli(capsys, ply, "--camera", scene[1], "--out", out)
+    assert_one_line_error(code, err, f"{pairs:,} (tile, Gaussian) pairs")
+    assert not out.exists()
+    monkeypatch.setattr(budget, "available_bytes", lambda device: room + pairs * budget.BYTES_PER_PAIR)
+    code, _, _ = run_cli(capsys, ply, "--camera", scene[1], "--out", out)
+    assert code == 0 and out.exists()

@@ -18,6 +18,7 @@ from featgs.device import resolve_device
 from featgs.errors import FeatgsError
 from featgs.gaussians import load_ply
 from featgs.render import BACKENDS, render
+from featgs.render.budget import check_render_fits
 
 DESCRIPTION = """\
 Render one view of a Gaussian scene (a 3DGS PLY, with feat_* properties for features) as an
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         raise FeatgsError(f"{args.ply}: has no feat_* properties, so --features-out has nothing to render")
 
     device = resolve_device()
+    channels = gaussians.output_feature_dim if args.features_out is not None else 0
+    check_render_fits(gaussians, camera, channels=channels, device=device)
     start = time.perf_counter()
     with torch.no_grad():
         out = render(

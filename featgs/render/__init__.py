@@ -11,7 +11,8 @@ One entry point, :func:`render`, with backends chosen by name:
   for speed.
 """
 
-from featgs.render.api import BACKENDS, BYTES_PER_PAIR, estimate_pairs, render
+from featgs.render.api import BACKENDS, render
+from featgs.render.budget import BYTES_PER_PAIR, estimate_pairs
 from featgs.render.output import RenderOutput
 
 __all__ = ["BACKENDS", "BYTES_PER_PAIR", "RenderOutput", "estimate_pairs", "render"]

@@ -14,13 +14,6 @@ from featgs.render.output import RenderOutput
 
 BACKENDS = ("auto", "torch", "gsplat", "cuda", "cuda-emulated")
 
-# Peak bytes the torch renderer holds per (tile, Gaussian) pair: its sorted lists (several
-# int64 index tensors) and their log-alpha coefficients. Measured on a 2048x2048 view of 50k
-# large Gaussians: 2.8 GB for 28M pairs.
-BYTES_PER_PAIR = 100
-_ESTIMATE_BLOCK = 1 << 16  # Gaussians projected at once by estimate_pairs: bounds its memory
-
-
 def render(
     gaussians: Gaussians,
     camera: Camera,
@@ -76,28 +69,3 @@ def render(
         near_plane=near_plane,
         far_plane=far_plane,
     )
-
-
-@torch.no_grad()
-def estimate_pairs(gaussians: Gaussians, camera: Camera, *, near_plane: float = 0.01,
-                   far_plane: float = 1e10) -> int:
-    """How many (tile, Gaussian) pairs rendering ``gaussians`` at ``camera`` lists: what the
-    torch renderer's memory grows with (about :data:`BYTES_PER_PAIR` bytes each). Exact for
-    the torch backend, an upper bound for gsplat's larger tiles.
-
-    Costs one projection of the Gaussians, in blocks, so memory stays O(block), not O(pairs):
-    callers can refuse a render before it allocates.
-    """
-    from featgs.render.projection import project
-    from featgs.render.tiles import count_pairs
-    from featgs.render.torch_backend import TILE_SIZE
-
-    g = gaussians
-    total = 0
-    for start in range(0, len(g), _ESTIMATE_BLOCK):
-        part = slice(start, start + _ESTIMATE_BLOCK)
-        proj = project(g.means[part], g.quats[part], g.scales[part], g.opacities[part], camera,
-                       near_plane=near_plane, far_plane=far_plane)
-        vis = proj.visible
-        total += count_pairs(proj.means2d[vis], proj.extents[vis], camera.width, camera.height, TILE_SIZE)
-    return total
