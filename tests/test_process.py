@@ -264,6 +264,29 @@ def test_photos_are_staged_upright_resized_and_in_natural_order(tmp_path):
     assert natural_key("a2.jpg") < natural_key("a10.jpg")
 
 
+def test_heic_photos_from_a_phone_are_staged_upright_as_jpeg(tmp_path):
+    """HEIC, the iPhone's default, read through pillow-heif (a dependency): staged as JPEG under
+    the photo's stem, upright (the rotation stored in the file applied once, not twice)."""
+    pillow_heif = pytest.importorskip("pillow_heif")
+    pillow_heif.register_heif_opener()
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i in range(3):
+        im = Image.new("RGB", (40, 30), (200, 30, 30))
+        im.paste((0, 255, 0), (0, 0, 10, 10))
+        exif = Image.Exif()
+        exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+        im.save(src / f"IMG_{i}.HEIC", format="HEIF", exif=exif.tobytes(), quality=95)
+    staged_dir = tmp_path / "staged"
+    staged_dir.mkdir()
+    staged = stage_inputs(src, staged_dir, ProcessConfig(max_size=200), progress=False)
+    assert staged.names == ["IMG_0.jpg", "IMG_1.jpg", "IMG_2.jpg"]
+    upright = Image.open(staged_dir / "IMG_0.jpg")
+    assert upright.format == "JPEG" and upright.size == (30, 40)
+    g = upright.convert("RGB").getpixel((25, 4))  # the marked corner is now top-right
+    assert g[1] > 150 and g[0] < 120
+
+
 def test_a_short_video_is_sampled_at_fps(tmp_path):
     frames = []
     for i in range(20):
@@ -474,3 +497,18 @@ def test_scratch_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
     left = sorted(p.name for p in tmp_path.glob(".data.processing-*"))
     assert left == [".data.processing-alive", ".data.processing-elsewhere", ".data.processing-unreadable"]
     assert not (tmp_path / "data").exists()
+
+
+def test_heic_without_the_plugin_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # as if it were not installed
+    src = tmp_path / "photos"
+    src.mkdir()
+    for i in range(3):
+        (src / f"IMG_{i}.heic").write_bytes(b"\0" * 64)
+    out = tmp_path / "data"
+    assert main(["process", str(src), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "need the pillow-heif plugin" in err, err
+    assert not out.exists()

@@ -20,7 +20,7 @@ has CUDA), undistort the images to pinhole cameras and write a COLMAP dataset fo
   DATA/process.json       this summary and the options used
   DATA/labels/ labels.json  the label maps, when INPUT has them (below)
 
-INPUT is a folder of photos (JPEG, PNG; WebP, TIFF, AVIF, and HEIC with pillow-heif;
+INPUT is a folder of photos (JPEG, PNG, HEIC; WebP, TIFF, AVIF;
 EXIF orientation applied; file names in natural order) or a video file (MP4, MOV, MKV,
 WebM, ...; a frame every 1/--fps seconds, decoded with PyAV).
 

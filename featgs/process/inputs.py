@@ -2,7 +2,7 @@
 ready for structure from motion (upright, at most ``max_size`` pixels on the longest side).
 
 Photos: JPEG and PNG, and whatever else Pillow decodes by its extension (WebP, TIFF, BMP,
-AVIF; HEIC/HEIF when the pillow-heif plugin is installed). EXIF orientation is applied, so
+AVIF; HEIC/HEIF through the pillow-heif plugin). EXIF orientation is applied, so
 the pixels are upright; the rest of the EXIF block (camera make, model, focal length, which
 COLMAP reads as a prior on the focal length) is kept. A photo that needs no change is
 copied byte for byte; others are written as PNG (from PNG) or JPEG at quality 95.
