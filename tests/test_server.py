@@ -213,6 +213,14 @@ def test_malformed_bodies_and_the_server_stays_up(server, run, tmp_path):
     conn.endheaders()
     assert conn.getresponse().status == 411
     conn.close()
+    # a client that sends all of a refused body before it reads (as most do) still gets the answer
+    for body, headers, status in [(b" " * (MAX_BODY + 1), {"Content-Type": "application/json"}, 413),
+                                  (b"x" * (1 << 20), {"Content-Type": "text/plain"}, 415)]:
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+        conn.request("POST", "/query", body=body, headers=headers)
+        resp = conn.getresponse()
+        assert resp.status == status and "error" in json.loads(resp.read())
+        conn.close()
     # nothing was written outside RUN/edits, and the server still answers, also in parallel
     assert not (run.parent / "evil.ply").exists() and not Path("/tmp/evil.ply").exists()
     with ThreadPoolExecutor(4) as pool:

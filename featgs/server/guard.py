@@ -14,7 +14,10 @@ web page on another site can make a browser send to it:
 
 and what would tie the server up: a body must come with a Content-Length of at most
 ``max_body`` bytes (411, 413), and all of it within ``body_timeout`` seconds of the request's
-head (408). Refusals are featgs's JSON error and end the connection.
+head (408). Refusals are featgs's JSON error and end the connection; a refused POST's body
+(up to ``DRAIN_BYTES``, for at most ``DRAIN_SECONDS``) is read and dropped first, because a
+client that sends its whole body before reading (most do) would otherwise see the connection
+reset, not the answer.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from featgs.server.responses import error_response
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 # host[:port] or [v6]:port; no user info, path or spaces (which urlsplit would tolerate)
+# A refused body is read and dropped up to this size and for this long before the answer.
+DRAIN_BYTES = 64 << 20
+DRAIN_SECONDS = 5.0
+
 _HOST = re.compile(r"\[(?P<v6>[0-9a-fA-F:.]+)\](?::\d+)?|(?P<name>[^:\[\]@/\s]+)(?::\d+)?")
 
 
@@ -67,6 +74,8 @@ class Guard:
                     return  # the client left: nobody to answer
                 receive = _replay(body, receive)
         except HTTPException as e:
+            if scope["method"] == "POST" and e.status_code != 408:  # 408: its time is up already
+                await _drain(headers, receive)
             await error_response(e.status_code, e.detail, close=True)(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -115,6 +124,25 @@ async def _receive_all(receive: Receive) -> Optional[bytes]:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def _drain(headers: Headers, receive: Receive) -> None:
+    """Read and drop what the client sends of its body, if it said it is at most
+    :data:`DRAIN_BYTES`, for at most :data:`DRAIN_SECONDS`."""
+    length = headers.get("content-length")
+    if length is None or int(length) > DRAIN_BYTES:
+        return
+
+    async def discard() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                return
+
+    try:
+        await asyncio.wait_for(discard(), DRAIN_SECONDS)
+    except asyncio.TimeoutError:
+        pass
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
