@@ -73,7 +73,7 @@ def test_train_mode_backproject_end_to_end(tabletop_data, tmp_path, capsys):
     assert main(["train", str(tabletop_data), "--out", str(out), "--mode", "backproject", "--iters", "40",
                  "--refine-start", "10", "--refine-every", "10", "--checkpoint-every", "1000", "--feature-dim", "8",
                  "--quiet"]) == 0
-    assert "solve: 0 CG iterations" in capsys.readouterr().out
+    assert "backproject: blend-weighted average of the teacher features, top-16 keeps" in capsys.readouterr().out
     info = json.loads((out / "run.json").read_text())
     assert info["config"]["mode"] == "backproject" and info["status"] == "done"
     assert info["distill"]["method"] == "backproject" and info["distill"]["cg_iterations"] == 0

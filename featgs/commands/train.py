@@ -115,8 +115,11 @@ def run_train(args: argparse.Namespace) -> int:
     on = f" on {ranks.world_size} ranks ({ranks.backend})" if ranks.distributed else ""
     print(f"trained {info['num_gaussians']} Gaussians{on} in {time.perf_counter() - t0:.1f} s{extra} -> {args.out}")
     if d:
-        print(f"solve: {d['cg_iterations']} CG iterations, residual {d['relative_residual']:.2e}, "
-              f"top-{d['top_k']} keeps {100 * d['topk_mass_kept']:.1f}% of the blend weight, {d['seconds']:.1f} s")
+        kept = f"top-{d['top_k']} keeps {100 * d['topk_mass_kept']:.1f}% of the blend weight, {d['seconds']:.1f} s"
+        if d.get("method") == "backproject":
+            print(f"backproject: blend-weighted average of the teacher features, {kept}")
+        else:
+            print(f"solve: {d['cg_iterations']} CG iterations, residual {d['relative_residual']:.2e}, {kept}")
     return 0
 
 
