@@ -67,14 +67,17 @@ def reference_poses(data: Path) -> dict[str, np.ndarray]:
     return {v.camera.name: v.camera.camtoworld.numpy() for v in scene.views}
 
 
-def encode_video(frames: list[Path], path: Path, fps: int) -> None:
-    """An H.264 MP4 of the images ``frames`` (near-lossless: crf 12), with PyAV."""
+def encode_video(frames: list[Path], path: Path, fps: int, rotation: int = 0) -> None:
+    """An H.264 MP4 of the images ``frames`` (near-lossless: crf 12), with PyAV; ``rotation``:
+    the display matrix's counter-clockwise degrees (a phone held upright records -90)."""
     import av
 
     with av.open(str(path), "w") as out:
         first = Image.open(frames[0])
         stream = out.add_stream("libx264", rate=fps, options={"crf": "12"})
         stream.width, stream.height, stream.pix_fmt = first.width, first.height, "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
         for f in frames:
             frame = av.VideoFrame.from_ndarray(np.asarray(Image.open(f).convert("RGB")), format="rgb24")
             for packet in stream.encode(frame):
@@ -302,6 +305,29 @@ def test_a_short_video_is_sampled_at_fps(tmp_path):
     assert staged.names == [f"frame_{i:05d}.jpg" for i in range(4)]  # t = 0, 0.5, 1.0, 1.5 s
     assert [im.source.rsplit("@", 1)[1] for im in staged.images] == ["0.000s", "0.500s", "1.000s", "1.500s"]
     assert Image.open(staged_dir / "frame_00001.jpg").size == (64, 48)
+
+
+def test_a_portrait_phone_video_is_staged_upright(tmp_path):
+    """A phone held upright stores landscape frames and a display matrix turning them 90 degrees
+    clockwise; the staged frames are the portrait pictures the phone showed."""
+    frames = []
+    for i in range(6):
+        p = tmp_path / f"f{i}.png"
+        im = Image.new("RGB", (64, 48), (40, 40, 200))
+        im.paste((0, 255, 0), (0, 0, 16, 16))  # the top-left corner of the stored frame
+        im.save(p)
+        frames.append(p)
+    video = tmp_path / "portrait.mp4"
+    encode_video(frames, video, fps=6, rotation=-90)
+    staged_dir = tmp_path / "staged"
+    staged_dir.mkdir()
+    staged = stage_inputs(video, staged_dir, ProcessConfig(fps=6.0), progress=False)
+    upright = Image.open(staged_dir / staged.names[0]).convert("RGB")
+    assert upright.size == (48, 64)
+    # turned clockwise, the stored top-left corner is at the top right
+    top_right, top_left = upright.getpixel((44, 4)), upright.getpixel((4, 4))
+    assert top_right[1] > 200 and top_right[2] < 60, top_right
+    assert top_left[2] > 150 and top_left[1] < 80, top_left
 
 
 @pytest.mark.parametrize("make, message", [
