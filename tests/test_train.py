@@ -154,6 +154,33 @@ def test_demo_help_lists_its_options(capsys):
 
 
 @pytest.mark.slow
+def test_default_strategy_resets_opacities_every_reset_every_steps():
+    """3DGS's opacity reset (gsplat 1.5.3's DefaultStrategy skips it: an operator-precedence
+    slip), while refining, and not after."""
+    from featgs.train.trainer import make_strategy
+
+    config = TrainConfig(iters=1000, refine_start=900, reset_every=30, refine_stop_fraction=0.5)
+    strategy = make_strategy(config)
+    n = 50
+    params = torch.nn.ParameterDict({
+        "means": torch.zeros(n, 3), "scales": torch.full((n, 3), -3.0), "quats": torch.nn.functional.normalize(torch.ones(n, 4), dim=1),
+        "opacities": torch.full((n,), 4.0), "sh0": torch.zeros(n, 1, 3), "shN": torch.zeros(n, 15, 3)})
+    optimizers = {k: torch.optim.Adam([v], lr=1e-3) for k, v in params.items()}
+    state = strategy.initialize_state(scene_scale=1.0)
+
+    def opacity_after(step: int) -> float:
+        with torch.no_grad():
+            params["opacities"].fill_(4.0)
+        strategy.step_post_backward(params, optimizers, state, step, [])
+        return float(torch.sigmoid(params["opacities"].detach()).max())
+
+    assert opacity_after(29) > 0.98 and opacity_after(31) > 0.98  # not a reset step
+    assert opacity_after(60) <= 2 * strategy.prune_opa + 1e-6  # reset
+    assert opacity_after(0) > 0.98
+    assert opacity_after(510) > 0.98  # past refine_stop_iter (500): no more resets
+    assert len(params["means"]) == n  # nothing grown or pruned before refine_start
+
+
 def test_mcmc_strategy_runs_on_the_cpu(tiny, tmp_path):
     info = train_run(tiny, tmp_path / "m", TrainConfig(iters=40, strategy="mcmc", refine_start=5, refine_every=10,
                                                         cap_max=450, teacher="none", checkpoint_every=1000),

@@ -128,9 +128,20 @@ class DataParallelDefaultStrategy(DefaultStrategy):
     running state. So every rank holds the same statistics, and the clone/split/prune
     decisions that gsplat then takes from them are the same on every rank: the statistics of
     one process that rendered every image of the batch.
+
+    It also resets the opacities every ``reset_every`` steps while refining, which gsplat
+    1.5.3's own test (``step % self.reset_every == 0 & step > 0``: ``&`` binds first, so it
+    reads ``... == 0 > 0``) never does; 3DGS relies on that reset to clear floaters.
     """
 
     ranks: Ranks = SINGLE
+
+    def step_post_backward(self, params, optimizers, state, step: int, info, packed: bool = False) -> None:
+        super().step_post_backward(params, optimizers, state, step, info, packed=packed)
+        if 0 < step < self.refine_stop_iter and step % self.reset_every == 0:
+            from gsplat.strategy.ops import reset_opa
+
+            reset_opa(params=params, optimizers=optimizers, state=state, value=self.prune_opa * 2.0)
 
     def _update_state(self, params, state, info, packed: bool = False) -> None:
         infos = info if isinstance(info, list) else [info]
