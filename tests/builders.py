@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import socket
 from pathlib import Path
 
 import torch
@@ -70,3 +71,12 @@ def small_solve_scene(n: int = 7, size=(10, 8)):
         eye = (3.0 * math.sin(angle), -3.0 * math.cos(angle), 0.3)
         cams.append(Camera(look_at(eye, (0.0, 0.0, 0.0)), intrinsics_from_fov(w, h, math.radians(50)), w, h))
     return gaussians, cams
+
+
+def has_ipv6() -> bool:
+    """Whether this machine has an IPv6 loopback to listen on (tests of ::1 skip without)."""
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            return True
+    except OSError:
+        return False

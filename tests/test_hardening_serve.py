@@ -47,7 +47,7 @@ from featgs.server import FieldServer
 from featgs.train.solve import SolveConfig, solve_features
 from featgs.viewer import ViewerApp, ViewerConfig, frames
 from featgs.viewer.app import check_address
-from builders import copy_run
+from builders import copy_run, has_ipv6
 
 
 @pytest.fixture(scope="module")
@@ -402,14 +402,6 @@ def test_viewer_frames_and_field_operations_on_an_accelerator(field):
 
 # -- where the viewer listens ----------------------------------------------------------------------
 
-def _has_ipv6() -> bool:
-    try:
-        with socket.create_server(("::1", 0), family=socket.AF_INET6):
-            return True
-    except OSError:
-        return False
-
-
 def _line(stream, seconds: float) -> str:
     """The next line of a subprocess's pipe, or "" when none comes within ``seconds``."""
     ready, _, _ = select.select([stream], [], [], seconds)
@@ -446,7 +438,7 @@ def test_view_on_an_address_it_cannot_listen_on_is_one_line(run):
         check_address("127.0.0.1", taken.getsockname()[1])
 
 
-@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback here")
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback here")
 def test_view_on_ipv6_loopback(run):
     app = ViewerApp(run, ViewerConfig(host="::1", port=0, frustums=False))
     try:

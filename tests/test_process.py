@@ -91,6 +91,14 @@ def textured(tmp_path_factory) -> Path:
     return make_textured_tabletop(tmp_path_factory.mktemp("textured") / "data")
 
 
+def _first_photos(dataset: Path, count: int, out: Path) -> Path:
+    """A folder ``out`` of copies of the first ``count`` images of ``dataset`` (as photos)."""
+    out.mkdir()
+    for p in sorted((dataset / "images").iterdir())[:count]:
+        shutil.copy(p, out / p.name)
+    return out
+
+
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".processing-" in p.name or ".old-" in p.name)
 
@@ -168,10 +176,7 @@ def test_process_real_photos_agree_with_their_colmap_model(tmp_path):
 
 @pytest.mark.slow
 def test_too_few_registered_images_is_an_error_and_writes_nothing(textured, tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for p in sorted((textured / "images").iterdir())[:5]:
-        shutil.copy(p, photos / p.name)
+    photos = _first_photos(textured, 5, tmp_path / "photos")
     for i in range(6):  # textures no view shares
         rng = np.random.default_rng(i)
         Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).resize((192, 192)).save(photos / f"z{i}.png")
@@ -210,10 +215,7 @@ def build_vocab_tree(images: list[Path], path: Path, work: Path) -> Path:
 
 @pytest.mark.slow
 def test_vocab_tree_matching_with_a_tree_given_by_path(textured, tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for p in sorted((textured / "images").iterdir())[:14]:
-        shutil.copy(p, photos / p.name)
+    photos = _first_photos(textured, 14, tmp_path / "photos")
     tree = build_vocab_tree(sorted(photos.iterdir()), tmp_path / "tree.bin", tmp_path)
     summary = process_input(photos, tmp_path / "data", ProcessConfig(matcher="vocab", vocab_tree=str(tree), threads=2),
                             progress=False)

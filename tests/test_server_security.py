@@ -22,7 +22,7 @@ import pytest
 from featgs.cli import main
 from featgs.query import FeatureField
 from featgs.server import FieldServer
-from builders import copy_run
+from builders import copy_run, has_ipv6
 
 EDIT = {"selection": {"ids": [0, 1, 2]}, "op": "delete", "name": "csrf"}
 
@@ -158,15 +158,7 @@ def _trickle(sock: socket.socket, data: bytes, every: float, limit: float) -> by
     return received
 
 
-def _has_ipv6() -> bool:
-    try:
-        with socket.create_server(("::1", 0), family=socket.AF_INET6):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback here")
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback here")
 def test_ipv6_loopback(field):
     with FieldServer(field, ("::1", 0), quiet=True).start() as srv:
         assert re.fullmatch(r"http://\[::1\]:\d+", srv.url)
@@ -198,7 +190,7 @@ def test_a_non_finite_answer_or_a_bug_is_a_json_error_and_the_server_lives_on():
             assert resp.status == status and message in out["error"], out
 
 
-@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback here")
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback here")
 def test_serve_command_on_ipv6_with_options_logs_and_stops_on_ctrl_c(run, capsys):
     proc = subprocess.Popen([sys.executable, "-m", "featgs", "serve", str(run), "--host", "::1", "--port", "0",
                              "--allow-origin", "http://app.example:5173/", "--max-connections", "4",

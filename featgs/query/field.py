@@ -38,7 +38,7 @@ from featgs.query.relevancy import QueryConfig, negatives_or_default, pairwise_r
 from featgs.query.selection import Selection
 from featgs.render import BYTES_PER_PAIR, estimate_pairs
 from featgs.render import render as render_view
-from featgs.render.torch_backend import TILE_SIZE
+from featgs.render.budget import tile_count
 from featgs.run import Run
 from featgs.teachers.base import Teacher
 
@@ -342,8 +342,7 @@ class FeatureField:
         limit = self.max_render_pairs
         if limit is None:
             return 0
-        tiles = -(-camera.width // TILE_SIZE) * -(-camera.height // TILE_SIZE)
-        if self.num_gaussians * tiles <= limit:
+        if self.num_gaussians * tile_count(camera) <= limit:
             return 0
         pairs = estimate_pairs(self.gaussians, camera)
         if pairs > limit:

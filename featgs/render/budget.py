@@ -53,6 +53,13 @@ def estimate_pairs(gaussians: Gaussians, camera: Camera, *, near_plane: float = 
     return total
 
 
+def tile_count(camera: Camera) -> int:
+    """Tiles of the torch renderer in a view at ``camera``: a Gaussian lists at most this many pairs."""
+    from featgs.render.torch_backend import TILE_SIZE
+
+    return -(-camera.width // TILE_SIZE) * -(-camera.height // TILE_SIZE)
+
+
 def image_bytes(camera: Camera, channels: int) -> int:
     """Bytes of the per-pixel buffers of a render at ``camera`` with ``channels`` feature
     channels (0: colour only), written out."""
@@ -86,14 +93,12 @@ def check_render_fits(gaussians: Gaussians, camera: Camera, *, channels: int, de
         FeatgsError: one line with the estimate, what is free, and what to do.
     """
     from featgs.errors import FeatgsError
-    from featgs.render.torch_backend import TILE_SIZE
 
     free = available_bytes(device)
     if free is None:
         return
     image = image_bytes(camera, channels)
-    tiles = -(-camera.width // TILE_SIZE) * -(-camera.height // TILE_SIZE)
-    if image + len(gaussians) * tiles * BYTES_PER_PAIR <= free:  # fits even if every Gaussian hit every tile
+    if image + len(gaussians) * tile_count(camera) * BYTES_PER_PAIR <= free:  # fits even if every Gaussian hit every tile
         return
     pairs = 0 if image > free else estimate_pairs(gaussians, camera)  # projecting is pointless then
     need = image + pairs * BYTES_PER_PAIR
