@@ -34,11 +34,11 @@ from featgs.server.responses import error_response
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
-# host[:port] or [v6]:port; no user info, path or spaces (which urlsplit would tolerate)
 # A refused body is read and dropped up to this size and for this long before the answer.
 DRAIN_BYTES = 64 << 20
 DRAIN_SECONDS = 5.0
 
+# host[:port] or [v6]:port; no user info, path or spaces (which urlsplit would tolerate)
 _HOST = re.compile(r"\[(?P<v6>[0-9a-fA-F:.]+)\](?::\d+)?|(?P<name>[^:\[\]@/\s]+)(?::\d+)?")
 
 

@@ -57,7 +57,7 @@ class SolveConfig:
     """
 
     top_k: int = field(default=16, metadata={"min": 1, "help": "blend weights kept per pixel: more is closer "
-                                              "to the exact problem, at K x 16 bytes of memory per pixel"})
+                                              "to the exact problem; the solve's memory grows with K"})
     cg_iters: int = field(default=20, metadata={"min": 0, "help": "conjugate-gradient iterations at most"})
     reg: float = field(default=1e-2, metadata={"min": 0.0, "help": "ridge weight, as a fraction of the mean "
                                                "diagonal of W^T W (keeps barely-seen Gaussians sane)"})
