@@ -71,7 +71,7 @@ def test_backproject_in_a_pca_basis_is_the_projection_of_the_full_average():
 def test_train_mode_backproject_end_to_end(tabletop_data, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", str(tabletop_data), "--out", str(out), "--mode", "backproject", "--iters", "40",
-                 "--refine-start", "10", "--refine-every", "10", "--checkpoint-every", "1000", "--feature-dim", "8",
+                 "--refine-start", "10", "--refine-every", "10", "--checkpoint-every", "1000", "--feature-dim", "16",
                  "--quiet"]) == 0
     assert "backproject: blend-weighted average of the teacher features, top-16 keeps" in capsys.readouterr().out
     info = json.loads((out / "run.json").read_text())
@@ -84,7 +84,7 @@ def test_train_mode_backproject_end_to_end(tabletop_data, tmp_path, capsys):
     cache = FeatureCache(tabletop_data, "labels")
     names = [v.name for v in scene.train]
     again = backproject_features(g, [v.camera for v in scene.train], [lambda n=n: cache.load(n) for n in names],
-                                 [tuple(cache.meta["images"][n]) for n in names], SolveConfig(), feature_dim=8,
+                                 [tuple(cache.meta["images"][n]) for n in names], SolveConfig(), feature_dim=16,
                                  progress=False)
     torch.testing.assert_close(g.features, again.features, rtol=1e-4, atol=1e-5)
     assert main(["eval", str(out), "--json", "--no-pictures", "--quiet"]) == 0

@@ -332,7 +332,7 @@ def test_a_rank_that_dies_mid_extraction_leaves_a_cache_that_resumes(tmp_path):
 # -- training ----------------------------------------------------------------------------------------
 SMALL = MakeConfig(size=24, views=16, test_views=3, points=300)
 TRAIN_ARGS = ["--iters", "200", "--refine-start", "30", "--refine-every", "30", "--checkpoint-every", "1000",
-              "--feature-dim", "8", "--threads", "1", "--quiet"]
+              "--feature-dim", "16", "--threads", "1", "--quiet"]
 
 
 def _job_train(snapshots: str, *argv: str) -> int:
@@ -420,7 +420,7 @@ def test_two_ranks_train_like_one_process_with_the_same_batch(tmp_path):
 def test_a_killed_rank_stops_the_others_with_one_line_and_resume_continues(tabletop_data, tmp_path):
     run, logs = tmp_path / "run", tmp_path / "logs"
     args = ["--iters", "120", "--refine-start", "30", "--refine-every", "30", "--checkpoint-every", "20",
-            "--feature-dim", "8", "--threads", "1", "--quiet"]
+            "--feature-dim", "16", "--threads", "1", "--quiet"]
     procs = launch(featgs("train", tabletop_data, "--out", run, *args), logs)
     try:
         deadline = time.time() + WAIT

@@ -596,12 +596,12 @@ def datasets(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A run trained for two steps on a 16-pixel tabletop (labels teacher: text queries work;
-    8-dim features: the PLY has a decoder beside it). Seconds, not minutes."""
+    16-dim features: the PLY has a decoder beside it). Seconds, not minutes."""
     root = tmp_path_factory.mktemp("fuzz-run")
     data = make_tabletop(root / "data", size=16, views=4, test_views=1, points=40)
     threads = torch.get_num_threads()
     try:
-        code = main(["train", str(data), "--out", str(root / "run"), "--iters", "2", "--feature-dim", "8",
+        code = main(["train", str(data), "--out", str(root / "run"), "--iters", "2", "--feature-dim", "16",
                      "--checkpoint-every", "1000", "--quiet", "--threads", "1"])
     finally:
         torch.set_num_threads(threads)

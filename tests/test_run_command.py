@@ -61,7 +61,7 @@ def test_auto_teacher_is_what_works_without_files(tabletop_data, tmp_path):
 @pytest.mark.slow
 def test_run_on_a_dataset_skips_structure_from_motion(tabletop_data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["run", str(tabletop_data), "--out", str(run), "--no-eval", "--feature-dim", "8", *SHORT]) == 0
+    assert main(["run", str(tabletop_data), "--out", str(run), "--no-eval", "--feature-dim", "16", *SHORT]) == 0
     out = capsys.readouterr().out
     assert "is a dataset: no structure from motion" in out and "teacher labels" in out
     assert f'featgs query {run} "' in out
@@ -92,7 +92,7 @@ def test_run_from_photos_with_label_maps_finds_each_object(tmp_path, capsys):
     short = ["--iters", "100", "--refine-start", "30", "--refine-every", "30", "--checkpoint-every", "1000",
              "--threads", "2", "--quiet"]
     assert main(["run", str(photos), "--out", str(run), "--teacher", "labels", "--downscale", "4",
-                 "--feature-dim", "8", "--no-eval", *short]) == 0
+                 "--feature-dim", "16", "--no-eval", *short]) == 0
     out = capsys.readouterr().out
     data = tmp_path / "run-data"
     summary = json.loads((data / "process.json").read_text())["summary"]

@@ -255,3 +255,24 @@ def test_cache_of_labels_teacher_wraps_errors_with_the_image(tmp_path, labels_te
     with pytest.raises(FeatgsError, match=r"image 'r_1': label ids \[9\]"):
         cache.ensure(labels_teacher, [good, unnamed], progress=False)
     assert cache.meta is None and cache.path("r_0").exists()  # incomplete, resumable
+
+
+def test_too_few_feature_dims_for_the_label_names_warns_and_merges_the_rarest(labels_teacher):
+    """4 distinct names span 3 dims: PCA to 3 keeps every name apart, PCA to 2 loses the rarest
+    (coffee_table, one pixel), whose map then reads as another name; training warns below 3."""
+    from featgs.teachers.pca import teacher_pca
+    from featgs.train.blocks import TeacherBlock, too_few_dims
+
+    labels = label_map()
+    features = labels_teacher.encode_view(torch.rand(6, 5, 3), labels)
+    names = ["floor", "wall", "mug", "coffee_table"]
+    table = torch.nn.functional.normalize(labels_teacher.encode_text([phrase(n) for n in names]), dim=1)
+    rare = features[:, 5, 4]  # the one coffee_table pixel
+    for dim, keeps_it in ((3, True), (2, False)):
+        basis, mean, _ = teacher_pca([lambda: features], dim, progress=False)
+        back = basis @ (basis.T @ (rare - mean)) + mean
+        assert (int((table @ back).argmax()) == 3) == keeps_it, dim
+    block = TeacherBlock(labels_teacher, cache=None, channels=(0, 384))
+    assert too_few_dims([block], None) == [] and too_few_dims([block], 3) == []
+    (warning,) = too_few_dims([block], 2)
+    assert "--feature-dim 2 is below the 3 dims" in warning and "4 distinct names" in warning

@@ -31,7 +31,7 @@ from featgs.camera import Camera
 from featgs.distributed import SINGLE, Ranks
 from featgs.errors import FeatgsError
 from featgs.gaussians import Gaussians, LinearDecoder
-from featgs.teachers import CacheItem, FeatureCache, Teacher, TeacherOptions, make_teacher
+from featgs.teachers import CacheItem, FeatureCache, LabelsTeacher, Teacher, TeacherOptions, make_teacher
 from featgs.train.solve import SolveConfig, SolveResult, solve_features
 
 Channels = Tuple[int, int]
@@ -97,6 +97,25 @@ def stored_dims(blocks: Sequence[TeacherBlock], feature_dim: Optional[int]) -> L
     if feature_dim is not None and feature_dim < 1:
         raise FeatgsError(f"--feature-dim must be >= 1, got {feature_dim}")
     return [b.dim if feature_dim is None else min(feature_dim, b.dim) for b in blocks]
+
+
+def too_few_dims(blocks: Sequence[TeacherBlock], feature_dim: Optional[int]) -> List[str]:
+    """Warnings for teachers whose maps ``--feature-dim`` cannot hold without merging labels.
+
+    The labels teacher's maps take one vector per distinct name: n names span an (n-1)-dim
+    affine space, all of which the PCA keeps when d >= n - 1. With fewer dims it drops the
+    directions of least pixel variance, which are those that tell the rarest (smallest)
+    objects apart: the variance kept still reads 99.6% while a query no longer finds them.
+    """
+    out = []
+    for b in blocks:
+        names = b.teacher.label_names if isinstance(b.teacher, LabelsTeacher) else None
+        need = len(set(names.values())) - 1 if names else 0
+        if feature_dim is not None and feature_dim < need:
+            out.append(f"--feature-dim {feature_dim} is below the {need} dims that the labels teacher's "
+                       f"{need + 1} distinct names span: the PCA merges the rarest labels (small objects may "
+                       f"not be found by a query); use --feature-dim {need} or more")
+    return out
 
 
 def joint_targets(blocks: Sequence[TeacherBlock],

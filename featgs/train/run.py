@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -34,7 +35,7 @@ from featgs.train.config import TrainConfig
 from featgs.train.init import gaussians_from_points, scene_extent
 from featgs.teachers import TeacherOptions, teacher_names
 from featgs.train.blocks import (blocks_info, build_caches, feature_cache, joint_targets, make_blocks, solve_blocks,
-                                 stored_dims)
+                                 stored_dims, too_few_dims)
 from featgs.train.trainer import Diverged, Interrupted, TrainState, init_strategy_state, make_strategy, new_state, train_loop
 
 logger = logging.getLogger(__name__)
@@ -204,6 +205,9 @@ def _train(data: Path, out: Path, config: TrainConfig, resume: bool, progress: b
     paths = RunPaths(out)
 
     blocks = make_blocks(scene, teacher_names(config.teacher), config.teacher_options, config.downscale)
+    if ranks.is_main:
+        for warning in too_few_dims(blocks, config.feature_dim):
+            print(f"featgs: warning: {warning}", file=sys.stderr)
     if resume:  # never rebuild features under a run that was trained on them
         ranks.on_main(lambda: [b.cache.check(b.teacher, [v.name for v in scene.views]) for b in blocks])
     else:
