@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from builders import VIEWER_RUN, make_tabletop_data, train_tiny_run
+from builders import VIEWER_DATA, VIEWER_RUN, make_tabletop_data, train_tiny_run
 from foundation import Checkpoints, write_checkpoints
 
 
@@ -36,9 +36,11 @@ def tabletop_run(tabletop_data, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def viewer_run(tabletop_data, tmp_path_factory) -> Path:
-    """The same run trained longer (builders.VIEWER_RUN) for the browser tests. Read-only."""
-    return train_tiny_run(tabletop_data, tmp_path_factory.mktemp("viewer-run") / "run", VIEWER_RUN)
+def viewer_run(tmp_path_factory) -> Path:
+    """The tabletop at 64 px (builders.VIEWER_DATA) trained for the browser tests
+    (builders.VIEWER_RUN). Read-only."""
+    root = tmp_path_factory.mktemp("viewer-run")
+    return train_tiny_run(make_tabletop_data(root / "data", VIEWER_DATA), root / "run", VIEWER_RUN)
 
 
 # Fixtures that train a model: any test that requests one (directly or through another

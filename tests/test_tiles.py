@@ -120,12 +120,6 @@ def test_nothing_visible_gives_an_empty_plan():
     assert plan.num_pairs == 0
 
 
-@pytest.mark.xfail(strict=True, reason="featgs/render/tiles.py:63,65: x0/y0 are clamped to tiles_x-1/tiles_y-1, so a box "
-                   "wholly past the right or bottom edge still gets a pair in the last tile column/row (renders are "
-                   "identical: it only costs work). The two-line fix, clamp(0, tx) / clamp(0, ty), changes the float "
-                   "round-off of training, and the browser tests' 400-step run (seed 0) then loses the red mug "
-                   "(query coverage of it in the first view 0.83, against 0.91-0.96 on seeds 1-3): those tests need "
-                   "a run that round-off cannot tip first")
 def test_boxes_wholly_past_the_right_or_bottom_edge_get_no_tile():
     width, height, S = 16, 16, 8
     means = torch.tensor([[40.0, 4.0], [4.0, 40.0], [16.6, 4.0]], dtype=torch.float64)

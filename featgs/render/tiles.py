@@ -59,10 +59,11 @@ def tile_ranges(means2d: Tensor, extents: Tensor, width: int, height: int,
     tx, ty = math.ceil(width / S), math.ceil(height / S)
     lo = means2d - extents
     hi = means2d + extents
-    # Tile u holds pixel centres S*u + 0.5 .. S*u + S - 0.5.
-    x0 = torch.ceil((lo[:, 0] - (S - 0.5)) / S).clamp(0, tx - 1).long()
+    # Tile u holds pixel centres S*u + 0.5 .. S*u + S - 0.5. x0 may be tx (the box lies past the
+    # right edge): then it has no columns, where clamping to tx - 1 gave it the last one.
+    x0 = torch.ceil((lo[:, 0] - (S - 0.5)) / S).clamp(0, tx).long()
     x1 = torch.floor((hi[:, 0] - 0.5) / S).clamp(-1, tx - 1).long()
-    y0 = torch.ceil((lo[:, 1] - (S - 0.5)) / S).clamp(0, ty - 1).long()
+    y0 = torch.ceil((lo[:, 1] - (S - 0.5)) / S).clamp(0, ty).long()
     y1 = torch.floor((hi[:, 1] - 0.5) / S).clamp(-1, ty - 1).long()
     return x0, y0, (x1 - x0 + 1).clamp_min(0), (y1 - y0 + 1).clamp_min(0)
 
