@@ -271,23 +271,29 @@ def test_click_prompt_masks_the_object_and_delete_removes_it(server, browser, ru
     assert (cyan & ~dilate(obj, 25)).sum() < 0.25 * cyan.sum(), "the mask should stay on the clicked object"
 
     click_button(page, "Delete")
-    page.wait_for_selector("text=Nothing selected.", timeout=30000)
-    n = wait_frame(page, n)
-    deleted = crop(shot(page, "06-deleted"), box)
-    diff = np.abs(deleted - before).sum(-1)
-    far = ~dilate(obj, 25)
-    assert diff[obj].mean() > 40 and diff[obj].mean() > 4 * diff[far].mean(), \
-        f"the {name} should vanish and the rest stay ({diff[obj].mean():.0f} vs {diff[far].mean():.0f})"
+    undone = False
+    try:
+        page.wait_for_selector("text=Nothing selected.", timeout=30000)
+        n = wait_frame(page, n)
+        deleted = crop(shot(page, "06-deleted"), box)
+        diff = np.abs(deleted - before).sum(-1)
+        far = ~dilate(obj, 25)
+        assert diff[obj].mean() > 40 and diff[obj].mean() > 4 * diff[far].mean(), \
+            f"the {name} should vanish and the rest stay ({diff[obj].mean():.0f} vs {diff[far].mean():.0f})"
 
-    click_button(page, "Save edited PLY")
-    page.wait_for_selector("text=/edited-1\\.ply/", timeout=30000)
-    from featgs.gaussians import load_ply
+        click_button(page, "Save edited PLY")
+        page.wait_for_selector("text=/edited-1\\.ply/", timeout=30000)
+        from featgs.gaussians import load_ply
 
-    saved = load_ply(run_dir / "edits" / "edited-1.ply")
-    original = load_ply(run_dir / "point_cloud.ply")
-    assert 0 < len(saved) < len(original)
+        saved = load_ply(run_dir / "edits" / "edited-1.ply")
+        original = load_ply(run_dir / "point_cloud.ply")
+        assert 0 < len(saved) < len(original)
 
-    click_button(page, "Undo")
+        click_button(page, "Undo")
+        undone = True
+    finally:
+        if not undone:  # a failed check must not leave the object deleted for the tests after this one
+            click_button(page, "Undo")
     wait_frame(page, n)
     restored = crop(shot(page, "07-undone"), box)
     assert np.abs(restored - before).sum(-1)[obj].mean() < 0.3 * diff[obj].mean()
