@@ -250,3 +250,17 @@ def test_cli_lists_the_object_and_documents_the_layout(capsys):
         main(["scene", "make", "--help"])
     help_text = capsys.readouterr().out
     assert "NeRF-synthetic" in help_text and "transforms_train.json" in help_text and "background transparent" in help_text
+
+
+def test_lerf_ovs_export_names_blender_views_so_eval_finds_them(obj, tmp_path):
+    """Blender-layout views are named after split and image (test_r_0 for test/r_0.png; train
+    has its own r_0.png): the exported frame names must be those view names, which is how
+    `featgs eval --protocol lerf-ovs` finds a frame's camera."""
+    out = tmp_path / "lerf"
+    assert main(["scene", "export", str(obj), "--format", "lerf-ovs", "--out", str(out)]) == 0
+    views = {v.name for v in load_scene(obj).views}
+    docs = sorted(out.glob("*.json"))
+    assert docs
+    for doc in docs:
+        name = json.loads(doc.read_text())["info"]["name"]
+        assert Path(name).stem == doc.stem and doc.stem in views, (doc.name, name)

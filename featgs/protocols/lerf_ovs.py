@@ -235,7 +235,10 @@ def write_annotations(scene, views, out: Path) -> int:
             for piece in components(ids == label):
                 objects.append({"category": names[label], "bbox": box_of(piece), "segmentation": outer_contour(piece)})
         h, w = ids.shape
-        doc = {"info": {"name": v.image_path.name, "width": int(w), "height": int(h)}, "objects": objects}
+        # the view's name, not its image's: Blender-layout views are named test_r_0 for test/r_0.png
+        # (train/r_0.png is another view), and the frame is found by the stem of this name
+        doc = {"info": {"name": f"{v.name}{v.image_path.suffix}", "width": int(w), "height": int(h)},
+               "objects": objects}
         atomic_write_text(out / f"{v.name}.json", json.dumps(doc))
         count += len(objects)
     return count
