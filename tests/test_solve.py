@@ -217,6 +217,41 @@ def test_larger_reg_shrinks_the_barely_seen_gaussian_toward_zero(hand_built):
     assert float(norms[1.0][3] / norms[1e-4][3]) < 0.5 * float((norms[1.0][:3] / norms[1e-4][:3]).min())
 
 
+@pytest.mark.parametrize("reg", [1e-2, 1.0])
+def test_average_prior_matches_the_normal_equations_with_that_prior(hand_built, reg):
+    """prior "average": (W^T W + lam I) F = W^T T + lam F0, F0 the blend-weighted average."""
+    W, dummy, cams, sizes = hand_built
+    maps = _teacher(cams, 3, seed=13)
+    T, seen = _flat(maps), W.sum(0)
+    avg = torch.where(seen[:, None] > 0, (W.T @ T) / seen.clamp_min(1e-300)[:, None], torch.zeros(1, dtype=F64))
+    lam = _lam(W, reg)
+    ref = torch.linalg.solve(W.T @ W + lam * torch.eye(W.shape[1], dtype=F64), W.T @ T + lam * avg)
+    out = solve_features(dummy, cams, _loaders(maps), sizes, SolveConfig(reg=reg, prior="average", **EXACT),
+                         progress=False)
+    torch.testing.assert_close(out.features.double(), ref, atol=1e-4, rtol=1e-3)
+    assert out.stats["prior"] == "average"
+    zero = solve_features(dummy, cams, _loaders(maps), sizes, SolveConfig(reg=reg, **EXACT), progress=False)
+    assert not torch.allclose(zero.features, out.features, atol=1e-3)  # the prior matters at this reg
+
+
+def test_a_larger_reg_pulls_features_to_the_average_under_that_prior(hand_built):
+    """From the least-squares fit (reg -> 0) to back-projection (reg -> inf), and never to zero:
+    the barely seen Gaussian keeps its average where the zero prior shrinks it away."""
+    W, dummy, cams, sizes = hand_built
+    maps = _teacher(cams, 3, seed=14)
+    avg = solve_features(dummy, cams, _loaders(maps), sizes, SolveConfig(cg_iters=0), progress=False).features
+    gaps = []
+    for reg in (1e-4, 1e-2, 1.0, 100.0):
+        out = solve_features(dummy, cams, _loaders(maps), sizes, SolveConfig(reg=reg, prior="average", **EXACT),
+                             progress=False)
+        gaps.append(float((out.features - avg).norm()))
+    assert all(a > b for a, b in zip(gaps, gaps[1:])), gaps
+    assert gaps[-1] < 0.02 * gaps[0]
+    assert float(out.features[3].norm()) > 0.9 * float(avg[3].norm()) > 0
+    with pytest.raises(FeatgsError, match="--prior: expected one of zero, average"):
+        SolveConfig(prior="mean")
+
+
 def test_nothing_seen_gives_finite_zeros(monkeypatch):
     sizes = [(2, 3), (3, 2)]
     W = torch.zeros(12, 4, dtype=F64)
